@@ -1,0 +1,1 @@
+//! I/O engines for file-backed devices: io_uring, and a thread pool where io_uring is refused.

@@ -1,0 +1,69 @@
+//! Host buffers handed to the I/O engines without copying.
+
+/// One host buffer of a vectored request: a pointer into guest memory (or any host memory) and a
+/// length. Layout-compatible with `struct iovec`, so a `&[IoVec]` can be passed to `preadv`,
+/// `pwritev` and io_uring as it is.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct IoVec {
+    base: *mut u8,
+    len: usize,
+}
+
+// SAFETY: an IoVec is a plain address/length pair; whoever built it (see `IoVec::new`) promised
+// the memory stays valid until the request completes, from whichever thread completes it.
+unsafe impl Send for IoVec {}
+// SAFETY: as above; sharing the pair itself does not touch the memory.
+unsafe impl Sync for IoVec {}
+
+impl IoVec {
+    /// Describes `len` bytes at `base`.
+    ///
+    /// # Safety
+    /// The memory must stay valid (mapped, and not freed or reused) for reads and writes of
+    /// `len` bytes until every request that carries this `IoVec` has completed.
+    pub unsafe fn new(base: *mut u8, len: usize) -> Self {
+        IoVec { base, len }
+    }
+
+    /// Describes a host slice the caller owns for the lifetime of the request.
+    ///
+    /// # Safety
+    /// The slice must outlive every request that carries this `IoVec` and must not be accessed
+    /// while such a request is in flight.
+    pub unsafe fn from_slice(buf: &mut [u8]) -> Self {
+        IoVec {
+            base: buf.as_mut_ptr(),
+            len: buf.len(),
+        }
+    }
+
+    /// Start address.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.base
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the buffer is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The buffer as a `libc::iovec`.
+    pub fn as_iovec(&self) -> libc::iovec {
+        libc::iovec {
+            iov_base: self.base.cast(),
+            iov_len: self.len,
+        }
+    }
+
+    /// Total length of a list of buffers, or `None` on overflow.
+    pub fn total_len(iovs: &[IoVec]) -> Option<u64> {
+        iovs.iter()
+            .try_fold(0u64, |acc, v| acc.checked_add(v.len as u64))
+    }
+}

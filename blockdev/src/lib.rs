@@ -1,0 +1,40 @@
+//! vstor-blockdev: the block layer under every vstor device model.
+//!
+//! A [`BlockDev`] is an opened image: it knows its size and block sizes, whether it is read-only
+//! and what it can do (discard, write-zeroes, block status), and it hands out [`IoQueue`]s. Each
+//! device queue owns one `IoQueue`, so requests from several device queues run concurrently and a
+//! slow request never blocks another queue. An `IoQueue` keeps many requests in flight (io_uring
+//! for files, a thread pool where io_uring is refused) and signals completions through an eventfd
+//! the embedder can poll.
+//!
+//! Formats translate guest ranges into host ranges; protocols move bytes. This crate starts with
+//! the protocols: regular files and host block devices ([`file`]), [`null`] and [`memory`].
+//!
+//! ```
+//! use vstor_blockdev::{memory::MemoryDev, BlockDev};
+//!
+//! let dev = MemoryDev::new(1 << 20, Default::default()).unwrap();
+//! dev.write_at(b"hello", 4096).unwrap();
+//! let mut buf = [0u8; 5];
+//! dev.read_at(&mut buf, 4096).unwrap();
+//! assert_eq!(&buf, b"hello");
+//! assert_eq!(dev.info().size, 1 << 20);
+//! ```
+#![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod error;
+pub mod iovec;
+pub mod request;
+pub mod types;
+
+pub mod engine;
+pub mod file;
+pub mod memory;
+pub mod null;
+pub mod open;
+
+pub use error::{Error, Result};
+pub use iovec::IoVec;
+pub use request::{Completion, IoOp, IoQueue, IoRequest, Submitted};
+pub use types::{BlockDev, BlockInfo, BlockStatus, CacheMode, EngineKind, QueueOptions};
