@@ -95,6 +95,12 @@ pub trait VirtioDevice: Send {
     /// Collects finished requests of `queue` into its used ring and interrupts the driver.
     fn process_completions(&mut self, queue: u16) -> Result<()>;
 
+    /// Whether a protocol error made the device set DEVICE_NEEDS_RESET (§2.1.2); the transport
+    /// then reports it in the status field and raises a configuration interrupt.
+    fn needs_reset(&self) -> bool {
+        false
+    }
+
     /// Returns to the initial state: waits for requests in flight, drops the queues.
     fn reset(&mut self);
 
