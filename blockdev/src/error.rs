@@ -102,9 +102,9 @@ impl Error {
     /// device status mapping).
     pub fn errno(&self) -> i32 {
         match self {
-            Error::Open { source, .. } | Error::Io { source, .. } | Error::Engine { source, .. } => {
-                source.raw_os_error().unwrap_or(libc::EIO)
-            }
+            Error::Open { source, .. }
+            | Error::Io { source, .. }
+            | Error::Engine { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             Error::OutOfRange { .. } | Error::Unaligned { .. } | Error::InvalidOption { .. } => {
                 libc::EINVAL
             }

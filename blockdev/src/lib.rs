@@ -8,7 +8,9 @@
 //! the embedder can poll.
 //!
 //! Formats translate guest ranges into host ranges; protocols move bytes. This crate starts with
-//! the protocols: regular files and host block devices ([`file`]), [`null`] and [`memory`].
+//! the protocols: regular files and host block devices ([`mod@file`], [`FileDev`]), [`null`] and
+//! [`memory`]; file-backed queues run on an I/O [`engine`] (io_uring, or threads where io_uring
+//! is refused), chosen once by one factory.
 //!
 //! ```
 //! use vstor_blockdev::{memory::MemoryDev, BlockDev};
@@ -23,6 +25,7 @@
 #![deny(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod aligned;
 pub mod error;
 pub mod iovec;
 pub mod request;
@@ -34,7 +37,10 @@ pub mod memory;
 pub mod null;
 pub mod open;
 
+pub use aligned::AlignedBuf;
 pub use error::{Error, Result};
+pub use file::FileDev;
 pub use iovec::IoVec;
+pub use open::{open, OpenOptions};
 pub use request::{Completion, IoOp, IoQueue, IoRequest, Submitted};
 pub use types::{BlockDev, BlockInfo, BlockStatus, CacheMode, EngineKind, QueueOptions};

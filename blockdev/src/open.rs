@@ -27,7 +27,9 @@ pub struct OpenOptions {
 /// Opens `name`:
 /// - `null:<size>` — a null device of `<size>` bytes (suffixes K, M, G, T),
 /// - `memory:<size>` — a zero-filled in-memory device,
-/// - anything else — a path to a regular file or host block device.
+/// - anything else — a path to a regular file or host block device ([`crate::file::FileDev`]).
+///
+/// `opts.format` must be `None` or `Some("raw")`; any other format is `Error::Unsupported`.
 pub fn open(name: &str, opts: &OpenOptions) -> Result<Arc<dyn BlockDev>> {
     crate::file::open_by_name(name, opts)
 }

@@ -86,6 +86,26 @@ pub enum EngineKind {
     Threads,
 }
 
+impl EngineKind {
+    /// Every engine with its option name.
+    pub const ALL: [(EngineKind, &'static str); 3] = [
+        (EngineKind::Auto, "auto"),
+        (EngineKind::IoUring, "io_uring"),
+        (EngineKind::Threads, "threads"),
+    ];
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = EngineKind::ALL
+            .iter()
+            .find(|(k, _)| k == self)
+            .map(|(_, n)| *n)
+            .unwrap_or("?");
+        f.write_str(name)
+    }
+}
+
 impl FromStr for EngineKind {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
