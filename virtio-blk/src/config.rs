@@ -173,7 +173,11 @@ impl BlkShared {
             return Err(bad("serial", opts.serial.clone(), "longer than 20 bytes"));
         }
         if opts.num_queues == 0 || opts.num_queues > 256 {
-            return Err(bad("num_queues", opts.num_queues.to_string(), "must be 1..=256"));
+            return Err(bad(
+                "num_queues",
+                opts.num_queues.to_string(),
+                "must be 1..=256",
+            ));
         }
         if !opts.queue_size.is_power_of_two() || opts.queue_size < 2 {
             return Err(bad(
@@ -271,7 +275,11 @@ impl BlkShared {
 
     /// Largest discard / write-zeroes / secure-erase request in 512-byte sectors.
     pub fn max_discard_sectors(&self) -> u32 {
-        let bytes = self.dev.info().max_discard_bytes.clamp(4096, u64::from(u32::MAX) << 9);
+        let bytes = self
+            .dev
+            .info()
+            .max_discard_bytes
+            .clamp(4096, u64::from(u32::MAX) << 9);
         (bytes >> 9).min(u64::from(u32::MAX)) as u32
     }
 
@@ -331,20 +339,17 @@ impl BlkShared {
         if range.contains(&wb) {
             let on = data[wb - range.start] != 0;
             self.set_writeback(on);
-            log::debug!("virtio-blk: driver set write cache {}", if on { "on" } else { "off" });
+            log::debug!(
+                "virtio-blk: driver set write cache {}",
+                if on { "on" } else { "off" }
+            );
         }
         Ok(())
     }
 }
 
 fn config_range(offset: u64, len: usize, size: usize) -> Result<std::ops::Range<usize>> {
-    let err = || {
-        Error::Core(vstor_virtio_core::Error::ConfigAccess {
-            offset,
-            len,
-            size,
-        })
-    };
+    let err = || Error::Core(vstor_virtio_core::Error::ConfigAccess { offset, len, size });
     let start = usize::try_from(offset).map_err(|_| err())?;
     let end = start.checked_add(len).ok_or_else(err)?;
     if end > size {

@@ -139,12 +139,18 @@ impl VirtioDevice for VirtioBlk {
     }
 
     fn queue_notify(&mut self, queue: u16) -> vstor_virtio_core::Result<()> {
-        self.with_queue(queue, |aq, mem| aq.handler.process_queue(&mut aq.queue, mem))
+        self.with_queue(queue, |aq, mem| {
+            aq.handler.process_queue(&mut aq.queue, mem)
+        })
     }
 
     fn completion_fd(&self, queue: u16) -> Option<RawFd> {
         let a = self.active.as_ref()?;
-        a.queues.get(usize::from(queue))?.as_ref()?.handler.completion_fd()
+        a.queues
+            .get(usize::from(queue))?
+            .as_ref()?
+            .handler
+            .completion_fd()
     }
 
     fn process_completions(&mut self, queue: u16) -> vstor_virtio_core::Result<()> {
@@ -167,10 +173,12 @@ impl VirtioDevice for VirtioBlk {
             }
         }
         self.needs_reset = false;
-        self.shared
-            .set_writeback(self.shared.options().writeback.unwrap_or(
-                !self.shared.dev().info().cache.write_through(),
-            ));
+        self.shared.set_writeback(
+            self.shared
+                .options()
+                .writeback
+                .unwrap_or(!self.shared.dev().info().cache.write_through()),
+        );
     }
 
     fn save_state(&mut self) -> vstor_virtio_core::Result<Vec<u8>> {
@@ -179,10 +187,7 @@ impl VirtioDevice for VirtioBlk {
             let mem = active.mem.memory().into_inner();
             for (i, aq) in active.queues.iter_mut().enumerate() {
                 if let Some(aq) = aq {
-                    let notify = aq
-                        .handler
-                        .drain(&mut aq.queue, &mem)
-                        .map_err(into_core)?;
+                    let notify = aq.handler.drain(&mut aq.queue, &mem).map_err(into_core)?;
                     if notify {
                         active.interrupt.trigger(InterruptKind::Queue(i as u16))?;
                     }

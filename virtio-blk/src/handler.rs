@@ -135,6 +135,7 @@ impl BlkQueueHandler {
                 .map_err(|e| self.queue_err(e))?;
             while !self.full() {
                 let Some(chain) = queue.pop_descriptor_chain(mem.as_ref()) else {
+                    self.check_avail(queue, mem)?;
                     break;
                 };
                 let head = chain.head_index();
@@ -169,7 +170,7 @@ impl BlkQueueHandler {
         let mut done = std::mem::take(&mut self.completions);
         self.io.reap(&mut done);
         for c in done.drain(..) {
-            self.on_result(queue, mem, c.tag, c.result)?;
+            self.on_result(queue, c.tag, c.result)?;
         }
         self.completions = done;
         self.io.kick()?;
@@ -204,6 +205,29 @@ impl BlkQueueHandler {
             notify |= self.process_completions(queue, mem)?;
         }
         Ok(notify)
+    }
+
+    /// Called when no chain could be popped: if the driver nonetheless published entries, its
+    /// available index is bogus (more than a ring ahead) or the ring is unreadable. Without this
+    /// check `enable_notification` would report "more work" forever and spin the worker.
+    fn check_avail(&mut self, queue: &Queue, mem: &Arc<GuestMemory>) -> Result<()> {
+        let avail = queue
+            .avail_idx(mem.as_ref(), std::sync::atomic::Ordering::Acquire)
+            .map_err(|e| self.queue_err(e))?;
+        if avail.0 == queue.next_avail() {
+            return Ok(());
+        }
+        self.broken = true;
+        let _ = self.io.kick();
+        Err(self.fatal(
+            queue.next_avail(),
+            format!(
+                "available index {} is more than the queue size {} ahead of {}",
+                avail.0,
+                queue.size(),
+                queue.next_avail()
+            ),
+        ))
     }
 
     fn notify_needed(&mut self, queue: &mut Queue, mem: &Arc<GuestMemory>) -> Result<bool> {
@@ -276,8 +300,8 @@ impl BlkQueueHandler {
                     };
                     match self.io.submit(req) {
                         Ok(Submitted::Queued) => {}
-                        Ok(Submitted::Done(r)) => self.on_result(queue, mem, tag, r)?,
-                        Err(e) => self.on_result(queue, mem, tag, Err(e))?,
+                        Ok(Submitted::Done(r)) => self.on_result(queue, tag, r)?,
+                        Err(e) => self.on_result(queue, tag, Err(e))?,
                     }
                 }
                 Ok(())
@@ -289,7 +313,10 @@ impl BlkQueueHandler {
     fn parse(&self, mem: &Arc<GuestMemory>, chain: &Chain, writer: &mut Writer<'_>) -> Action {
         let mut reader = chain.reader();
         let Ok(hdr) = reader.read_obj::<RequestHeader>(mem) else {
-            log::debug!("virtio-blk: request {}: header shorter than 16 bytes", chain.head());
+            log::debug!(
+                "virtio-blk: request {}: header shorter than 16 bytes",
+                chain.head()
+            );
             return fail(S_IOERR);
         };
         let code = hdr.type_.to_native();
@@ -372,7 +399,10 @@ impl BlkQueueHandler {
         take: impl FnOnce(&mut Vec<Segment>) -> vstor_virtio_core::Result<()>,
     ) -> Action {
         let Some(offset) = self.byte_range(sector, len) else {
-            log::debug!("virtio-blk: {} sector {sector} len {len} out of range or unaligned", op.name());
+            log::debug!(
+                "virtio-blk: {} sector {sector} len {len} out of range or unaligned",
+                op.name()
+            );
             return fail(S_IOERR);
         };
         if len == 0 {
@@ -461,7 +491,6 @@ impl BlkQueueHandler {
     fn on_result(
         &mut self,
         queue: &mut Queue,
-        mem: &Arc<GuestMemory>,
         tag: u64,
         result: vstor_blockdev::Result<()>,
     ) -> Result<()> {
@@ -493,8 +522,8 @@ impl BlkQueueHandler {
             };
             return match self.io.submit(req) {
                 Ok(Submitted::Queued) => Ok(()),
-                Ok(Submitted::Done(r)) => self.on_result(queue, mem, tag, r),
-                Err(e) => self.on_result(queue, mem, tag, Err(e)),
+                Ok(Submitted::Done(r)) => self.on_result(queue, tag, r),
+                Err(e) => self.on_result(queue, tag, Err(e)),
             };
         }
         let rec = self.slab.remove(tag).expect("present above");

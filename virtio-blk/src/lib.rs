@@ -31,6 +31,8 @@ pub mod device;
 pub mod error;
 pub mod handler;
 mod inflight;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod mock;
 pub mod request;
 
 pub use config::{BlkOptions, BlkShared};
@@ -38,3 +40,6 @@ pub use device::VirtioBlk;
 pub use error::{Error, Result};
 pub use handler::BlkQueueHandler;
 pub use vstor_blockdev::BlockDev;
+
+#[cfg(test)]
+mod tests;

@@ -115,8 +115,20 @@ pub struct RequestType {
 
 /// Every supported request type: the single source of truth for dispatch.
 pub const REQUEST_TYPES: &[RequestType] = &[
-    RequestType { code: 0, name: "IN", kind: Kind::In, feature: None, writes: false },
-    RequestType { code: 1, name: "OUT", kind: Kind::Out, feature: None, writes: true },
+    RequestType {
+        code: 0,
+        name: "IN",
+        kind: Kind::In,
+        feature: None,
+        writes: false,
+    },
+    RequestType {
+        code: 1,
+        name: "OUT",
+        kind: Kind::Out,
+        feature: None,
+        writes: true,
+    },
     RequestType {
         code: 4,
         name: "FLUSH",
@@ -124,7 +136,13 @@ pub const REQUEST_TYPES: &[RequestType] = &[
         feature: Some(feature::FLUSH),
         writes: false,
     },
-    RequestType { code: 8, name: "GET_ID", kind: Kind::GetId, feature: None, writes: false },
+    RequestType {
+        code: 8,
+        name: "GET_ID",
+        kind: Kind::GetId,
+        feature: None,
+        writes: false,
+    },
     RequestType {
         code: 10,
         name: "GET_LIFETIME",

@@ -1,0 +1,4 @@
+//! Device tests over MockSplitQueue: every request type in every layout, and hostile chains.
+
+mod hostile;
+mod requests;
