@@ -66,10 +66,11 @@ fn read_desc(mem: &GuestMemory, table: GuestAddress, index: u16) -> Result<RawDe
             len: DESC_SIZE,
         })?;
     let mut b = [0u8; 16];
-    mem.read_slice(&mut b, addr).map_err(|_| Error::BadAddress {
-        addr: addr.0,
-        len: DESC_SIZE,
-    })?;
+    mem.read_slice(&mut b, addr)
+        .map_err(|_| Error::BadAddress {
+            addr: addr.0,
+            len: DESC_SIZE,
+        })?;
     let le16 = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
     Ok(RawDesc {
         addr: u64::from_le_bytes(b[0..8].try_into().expect("8 bytes")),
@@ -165,7 +166,10 @@ impl Chain {
                 } else {
                     // §2.7.4.2: device-writable descriptors come after device-readable ones.
                     if !chain.writable.is_empty() {
-                        return Err(Error::ReadableAfterWritable { head, index: position });
+                        return Err(Error::ReadableAfterWritable {
+                            head,
+                            index: position,
+                        });
                     }
                     chain.readable.push(seg);
                     chain.readable_len += u64::from(d.len);

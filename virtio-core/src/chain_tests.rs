@@ -26,7 +26,8 @@ fn header_spanning_descriptors() {
     put(&m, 0, 1, 0x2000, 13, F_NEXT, 2);
     put(&m, 0, 2, 0x3000, 513, F_WRITE, 0);
     m.write_slice(b"abc", GuestAddress(0x1000)).unwrap();
-    m.write_slice(b"defghijklmnop", GuestAddress(0x2000)).unwrap();
+    m.write_slice(b"defghijklmnop", GuestAddress(0x2000))
+        .unwrap();
     let c = walk(&m, 0).unwrap();
     let mut r = c.reader();
     let mut b = [0u8; 16];
@@ -42,7 +43,13 @@ fn header_spanning_descriptors() {
     assert_eq!(s[0], 7);
     let mut segs = Vec::new();
     w.take_segments(512, &mut segs).unwrap();
-    assert_eq!(segs, vec![Segment { addr: GuestAddress(0x3000), len: 512 }]);
+    assert_eq!(
+        segs,
+        vec![Segment {
+            addr: GuestAddress(0x3000),
+            len: 512
+        }]
+    );
 }
 
 #[test]
@@ -57,7 +64,10 @@ fn loops_are_detected() {
 fn index_and_address_checks() {
     let m = mem();
     put(&m, 0, 0, 0x1000, 16, F_NEXT, 99);
-    assert!(matches!(walk(&m, 0), Err(Error::DescriptorIndex { index: 99, .. })));
+    assert!(matches!(
+        walk(&m, 0),
+        Err(Error::DescriptorIndex { index: 99, .. })
+    ));
     put(&m, 0, 0, 0xffff_0000, 16, 0, 0);
     assert!(matches!(walk(&m, 0), Err(Error::BadAddress { .. })));
     put(&m, 0, 0, u64::MAX - 4, 16, 0, 0);
@@ -70,7 +80,10 @@ fn wrong_direction_is_refused() {
     let m = mem();
     put(&m, 0, 0, 0x1000, 16, F_WRITE | F_NEXT, 1);
     put(&m, 0, 1, 0x2000, 16, 0, 0);
-    assert!(matches!(walk(&m, 0), Err(Error::ReadableAfterWritable { .. })));
+    assert!(matches!(
+        walk(&m, 0),
+        Err(Error::ReadableAfterWritable { .. })
+    ));
 }
 
 #[test]

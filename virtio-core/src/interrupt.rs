@@ -40,10 +40,13 @@ impl EventFdInterrupt {
 
     /// Sets (or clears) the eventfd for `queue`.
     pub fn set_queue(&mut self, queue: u16, fd: Option<EventFd>) -> Result<()> {
-        let slot = self.queues.get_mut(usize::from(queue)).ok_or(Error::Queue {
-            queue,
-            reason: "no such queue".into(),
-        })?;
+        let slot = self
+            .queues
+            .get_mut(usize::from(queue))
+            .ok_or(Error::Queue {
+                queue,
+                reason: "no such queue".into(),
+            })?;
         *slot = fd;
         Ok(())
     }

@@ -71,8 +71,8 @@ pub unsafe fn from_host_regions(regions: &[HostRegion]) -> Result<GuestMemory> {
             )
         }
         .map_err(|e| bad(&e.to_string()))?;
-        let region =
-            GuestRegionMmap::new(mmap, GuestAddress(r.gpa)).ok_or_else(|| bad("region overflows"))?;
+        let region = GuestRegionMmap::new(mmap, GuestAddress(r.gpa))
+            .ok_or_else(|| bad("region overflows"))?;
         built.push(region);
     }
     GuestMemory::from_regions(built).map_err(|e| Error::MemoryRegion {

@@ -157,15 +157,21 @@ impl<'a> Bytes<'a> {
     }
     /// Reads a u16.
     pub fn u16(&mut self, field: &str) -> Result<u16> {
-        Ok(u16::from_le_bytes(self.take(2, field)?.try_into().expect("2")))
+        Ok(u16::from_le_bytes(
+            self.take(2, field)?.try_into().expect("2"),
+        ))
     }
     /// Reads a u32.
     pub fn u32(&mut self, field: &str) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4, field)?.try_into().expect("4")))
+        Ok(u32::from_le_bytes(
+            self.take(4, field)?.try_into().expect("4"),
+        ))
     }
     /// Reads a u64.
     pub fn u64(&mut self, field: &str) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8, field)?.try_into().expect("8")))
+        Ok(u64::from_le_bytes(
+            self.take(8, field)?.try_into().expect("8"),
+        ))
     }
 }
 

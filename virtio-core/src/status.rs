@@ -71,9 +71,15 @@ mod tests {
         assert!(transition(0, DRIVER).is_err());
         assert!(transition(ACKNOWLEDGE, ACKNOWLEDGE | DRIVER_OK).is_err());
         let s = ACKNOWLEDGE | DRIVER;
-        assert_eq!(transition(s, s | FEATURES_OK).unwrap(), StatusChange::FeaturesOk);
+        assert_eq!(
+            transition(s, s | FEATURES_OK).unwrap(),
+            StatusChange::FeaturesOk
+        );
         let s = s | FEATURES_OK;
-        assert_eq!(transition(s, s | DRIVER_OK).unwrap(), StatusChange::DriverOk);
+        assert_eq!(
+            transition(s, s | DRIVER_OK).unwrap(),
+            StatusChange::DriverOk
+        );
         assert!(transition(s | DRIVER_OK, s).is_err());
         assert_eq!(transition(s, 0).unwrap(), StatusChange::Reset);
         assert!(transition(s, s | NEEDS_RESET).is_err());
