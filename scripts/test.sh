@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Runs every vstor test: formatting, clippy, unit/device/end-to-end tests (with io_uring and
+# with the thread fallback), the fuzz corpus replay, the Linux guest test under TCG, and a smoke
+# run of the side-by-side benchmark against qemu-storage-daemon.
+#
+# Usage: scripts/test.sh [--quick]
+#   --quick   skip the guest test and the benchmark smoke run (for fast local iterations;
+#             CI always runs the full set)
+# Missing system packages are installed first (scripts/install-deps.sh).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+QUICK=0
+for arg in "$@"; do
+	case $arg in
+	--quick) QUICK=1 ;;
+	-h | --help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	*) echo "test.sh: unknown argument $arg" >&2; exit 2 ;;
+	esac
+done
+
+step() { printf '\n=== %s (%s)\n' "$*" "$(date -u +%H:%M:%S)"; }
+
+if [ "$QUICK" = 1 ]; then
+	scripts/install-deps.sh --base
+else
+	scripts/install-deps.sh
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test (io_uring where the kernel allows it)"
+cargo test --workspace
+
+step "block layer again with io_uring refused (thread fallback)"
+VSTOR_DISABLE_IO_URING=1 cargo test -p vstor-blockdev -p vstor-cli
+
+if [ "$QUICK" = 1 ]; then
+	step "done (--quick: guest test and benchmark smoke run skipped)"
+	exit 0
+fi
+
+step "release build"
+cargo build --release -p vstor-cli
+
+step "Linux guest: vhost-user-blk-pci on vstor serve blk (TCG)"
+tests/guest/run-blk.sh --backend vstor
+
+step "benchmark smoke run against qemu-storage-daemon"
+benches/scripts/compare-qsd.sh --quick
+
+step "all tests passed"
