@@ -5,7 +5,7 @@ use std::os::unix::io::RawFd;
 use std::sync::Arc;
 
 use virtio_queue::Queue;
-use vm_memory::{ByteValued, GuestAddressSpace};
+use vm_memory::GuestAddressSpace;
 use vstor_virtio_core::device::{ActivateContext, DeviceType, VirtioDevice};
 use vstor_virtio_core::interrupt::{Interrupt, InterruptKind};
 use vstor_virtio_core::{virtio_queue, GuestMemoryAtomic};
@@ -217,6 +217,3 @@ fn into_core(e: Error) -> vstor_virtio_core::Error {
         other => vstor_virtio_core::Error::State(other.to_string()),
     }
 }
-
-// Referenced so the ByteValued import documents that the config is plain bytes.
-const _: fn(&VirtioBlkConfig) -> &[u8] = <VirtioBlkConfig as ByteValued>::as_slice;

@@ -71,6 +71,15 @@ pub struct Response {
     pub used_len: u32,
 }
 
+/// A published request awaiting its response.
+#[derive(Debug, Clone, Copy)]
+pub struct Pending {
+    /// The chain's head index (the used-ring id).
+    pub head: u16,
+    w_addr: u64,
+    w_len: u64,
+}
+
 /// A virtio-blk queue with a test driver on the other side.
 pub struct Harness {
     /// Guest memory.
@@ -91,6 +100,8 @@ pub struct Harness {
     desc_table: u64,
     avail: u64,
     used: u64,
+    /// Used entries read from the ring but not yet claimed by [`Harness::response`].
+    completed: Vec<(u32, u32)>,
 }
 
 impl Harness {
@@ -128,7 +139,24 @@ impl Harness {
             desc_table,
             avail,
             used,
+            completed: Vec::new(),
         }
+    }
+
+    /// A fresh device-side `Queue` over the harness's rings, for a device other than
+    /// [`Harness::handler`] (a [`crate::VirtioBlk`], a transport) to own.
+    pub fn device_queue(&self, event_idx: bool) -> Queue {
+        let mut q = Queue::new(QUEUE_SIZE).expect("queue size");
+        q.set_size(QUEUE_SIZE);
+        q.set_desc_table_address(
+            Some(self.desc_table as u32),
+            Some((self.desc_table >> 32) as u32),
+        );
+        q.set_avail_ring_address(Some(self.avail as u32), Some((self.avail >> 32) as u32));
+        q.set_used_ring_address(Some(self.used as u32), Some((self.used >> 32) as u32));
+        q.set_event_idx(event_idx);
+        q.set_ready(true);
+        q
     }
 
     /// Allocates `len` bytes of guest memory for buffers (wraps around when exhausted).
@@ -287,14 +315,17 @@ impl Harness {
         self.response(head)
     }
 
-    fn submit(
+    /// Builds and publishes a request like [`Harness::request`] without running the device;
+    /// hand the result to [`Harness::response`] once something else (a [`crate::VirtioBlk`],
+    /// a transport) has processed the queue.
+    pub fn submit(
         &mut self,
         layout: Layout,
         type_: u32,
         sector: u64,
         out: &[u8],
         in_len: usize,
-    ) -> (u16, u64, u64) {
+    ) -> Pending {
         let mut hdr = [0u8; 16];
         hdr[0..4].copy_from_slice(&type_.to_le_bytes());
         hdr[8..16].copy_from_slice(&sector.to_le_bytes());
@@ -362,15 +393,35 @@ impl Harness {
         } else {
             self.push_chain(&descs)
         };
-        (head, w_addr, w_len)
+        Pending {
+            head,
+            w_addr,
+            w_len,
+        }
     }
 
-    fn response(&mut self, (head, w_addr, w_len): (u16, u64, u64)) -> Response {
-        let used = self.take_used();
-        let (_, used_len) = *used
+    /// The response to a submitted request; panics if the device has not completed it.
+    pub fn response(
+        &mut self,
+        Pending {
+            head,
+            w_addr,
+            w_len,
+        }: Pending,
+    ) -> Response {
+        let fresh = self.take_used();
+        self.completed.extend(fresh);
+        let pos = self
+            .completed
             .iter()
-            .find(|(id, _)| *id == u32::from(head))
-            .unwrap_or_else(|| panic!("request {head} not completed; used ring: {used:?}"));
+            .position(|(id, _)| *id == u32::from(head))
+            .unwrap_or_else(|| {
+                panic!(
+                    "request {head} not completed; used entries not yet claimed: {:?}",
+                    self.completed
+                )
+            });
+        let (_, used_len) = self.completed.remove(pos);
         let mut w = vec![0u8; w_len as usize];
         self.mem
             .read_slice(&mut w, GuestAddress(w_addr))
@@ -391,25 +442,6 @@ impl Harness {
             .map(|(l, t, s, o, i)| self.submit(*l, *t, *s, o, *i))
             .collect();
         self.run().expect("queue stays usable");
-        let used = self.take_used();
-        heads
-            .into_iter()
-            .map(|(head, w_addr, w_len)| {
-                let (_, used_len) = *used
-                    .iter()
-                    .find(|(id, _)| *id == u32::from(head))
-                    .unwrap_or_else(|| panic!("request {head} not completed"));
-                let mut w = vec![0u8; w_len as usize];
-                self.mem
-                    .read_slice(&mut w, GuestAddress(w_addr))
-                    .expect("read response");
-                let status = w.pop().expect("status");
-                Response {
-                    status,
-                    data: w,
-                    used_len,
-                }
-            })
-            .collect()
+        heads.into_iter().map(|p| self.response(p)).collect()
     }
 }
