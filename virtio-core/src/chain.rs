@@ -136,8 +136,11 @@ impl Chain {
                     return Err(bad("length is not a non-zero multiple of 16"));
                 }
                 let entries = u64::from(d.len) / DESC_SIZE;
-                if entries > u64::from(u16::MAX) {
-                    return Err(bad("more than 65535 entries"));
+                // §2.7.5.3.1: "A driver MUST NOT create a descriptor chain longer than the
+                // Queue Size of the device." Holding indirect tables to that bound keeps the
+                // work of one kick at most queue size² descriptors.
+                if entries > u64::from(queue_size) {
+                    return Err(bad("more entries than the queue size"));
                 }
                 if !range_valid(mem, GuestAddress(d.addr), u64::from(d.len)) {
                     return Err(bad("table outside guest memory"));
