@@ -21,6 +21,8 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const MEM_SIZE: usize = 64 << 20;
 /// Where data buffers start (after the rings).
 const DATA_START: u64 = 0x10_0000;
+/// Where the used ring goes (after the available ring, which ends at 0x1206 for 256 entries).
+const USED_RING: u64 = 0x2000;
 /// Where indirect tables go.
 const INDIRECT_START: u64 = 0x8_0000;
 
@@ -120,9 +122,15 @@ impl Harness {
         let mq = MockSplitQueue::create(mem.as_ref(), GuestAddress(0), QUEUE_SIZE);
         // `MockSplitQueue::create` initialises the rings, so it is built exactly once and only
         // its addresses are kept.
-        let (desc_table, avail, used) =
-            (mq.desc_table_addr().0, mq.avail_addr().0, mq.used_addr().0);
+        // virtio-queue 0.18's mock places the used ring by counting avail entries rather than
+        // bytes (rust-vmm/vm-virtio#400), overlapping the second half of the available ring;
+        // the used ring is moved to its own page.
+        let (desc_table, avail, used) = (mq.desc_table_addr().0, mq.avail_addr().0, USED_RING);
         let mut queue: Queue = mq.create_queue().expect("queue");
+        queue.set_ready(false);
+        queue.set_used_ring_address(Some(used as u32), Some(0));
+        queue.set_ready(true);
+        assert_eq!(queue.used_ring(), used, "used ring moved");
         queue.set_event_idx(features & RING_EVENT_IDX != 0);
         let handler = BlkQueueHandler::new(shared.clone(), 0, features).expect("handler");
         Harness {

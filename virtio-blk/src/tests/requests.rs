@@ -362,3 +362,23 @@ fn event_idx_suppresses_notifications() {
     }
     assert_eq!(h.notifications, 1);
 }
+
+#[test]
+fn a_full_ring_of_requests_in_one_kick() {
+    // 250 chains published before one kick: the available ring's second half and the used
+    // ring past `used_event` are exercised (a harness that overlapped them failed here).
+    let mut h = harness(memdev(4 << 20));
+    let writes: Vec<_> = (0..250u64)
+        .map(|i| (Layout::Indirect, OUT, i * 8, pattern(4096, i as u8), 0))
+        .collect();
+    for r in h.batch(&writes) {
+        assert_eq!((r.status, r.used_len), (S_OK, 1));
+    }
+    let reads: Vec<_> = (0..250u64)
+        .map(|i| (Layout::Indirect, IN, i * 8, Vec::new(), 4096))
+        .collect();
+    for (i, r) in h.batch(&reads).into_iter().enumerate() {
+        assert_eq!(r.status, S_OK);
+        assert_eq!(r.data, pattern(4096, i as u8), "request {i}");
+    }
+}
