@@ -29,6 +29,8 @@
 pub mod config;
 pub mod device;
 pub mod error;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod fuzzing;
 pub mod handler;
 mod inflight;
 #[cfg(any(test, feature = "test-utils"))]
