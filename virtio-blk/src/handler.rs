@@ -11,11 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 use vstor_blockdev::{Completion, IoOp, IoQueue, IoRequest, IoVec, QueueOptions, Submitted};
 use vstor_virtio_core::chain::{Chain, ChainLimits, Segment, Writer};
 use vstor_virtio_core::features::RING_INDIRECT_DESC;
-use vstor_virtio_core::memory::host_slices;
 use vstor_virtio_core::{virtio_queue, GuestMemory};
 
 use crate::config::{BlkShared, ID_BYTES, MAX_SEGMENTS};
@@ -37,13 +36,56 @@ struct Part {
     iovecs: Vec<IoVec>,
 }
 
+/// The block-layer requests of one virtio request: data requests and flushes have exactly
+/// one, so they need no list (no allocation).
+enum Parts {
+    One(Part),
+    Many(Vec<Part>),
+}
+
+impl Parts {
+    fn len(&self) -> usize {
+        match self {
+            Parts::One(_) => 1,
+            Parts::Many(v) => v.len(),
+        }
+    }
+}
+
+/// What [`BlkQueueHandler::run_queue`] does with the driver's kicks once the ring is empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kicks {
+    /// Re-enable them (and take what raced in): the worker is about to sleep.
+    Enable,
+    /// Leave them suppressed: the worker keeps polling the ring.
+    LeaveSuppressed(Notify),
+}
+
+/// When [`BlkQueueHandler::process_queue_polled`] asks to notify the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notify {
+    /// As soon as the driver waits for a completion (EVENT_IDX): stop the pass early.
+    Early,
+    /// Once the pass has emptied the ring.
+    AfterPass,
+}
+
+/// What one [`BlkQueueHandler::process_queue_polled`] pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Polled {
+    /// The driver must be notified now.
+    pub notify: bool,
+    /// The pass stopped early so that the driver could be notified: call again.
+    pub more: bool,
+}
+
 /// What to do with a parsed request.
 enum Action {
     /// Finish now with this status; `used_len` counts bytes written before the status byte.
     Complete { status: u8, data_len: u32 },
     /// Hand these to the block layer.
     Submit {
-        parts: Vec<Part>,
+        parts: Parts,
         data_len: u32,
         then_flush: bool,
     },
@@ -71,11 +113,16 @@ pub struct BlkQueueHandler {
     /// Set after a fatal protocol error; the queue is then left alone until reset.
     broken: bool,
     max_parts: usize,
+    /// Features the driver accepted (offered ∩ acknowledged).
+    features: u64,
+    /// Scratch list of guest segments, reused by every request.
+    segs: Vec<Segment>,
 }
 
 impl BlkQueueHandler {
     /// A handler for queue `queue_index` with the driver's negotiated features.
     pub fn new(shared: Arc<BlkShared>, queue_index: u16, acked_features: u64) -> Result<Self> {
+        let shared_features = shared.features();
         let size = usize::from(shared.options().queue_size);
         let max_parts = shared.options().max_discard_seg as usize;
         let io = shared.dev().open_queue(&QueueOptions {
@@ -94,6 +141,8 @@ impl BlkQueueHandler {
             throttled: false,
             broken: false,
             max_parts,
+            segs: Vec::with_capacity(MAX_SEGMENTS),
+            features: acked_features & shared_features,
         })
     }
 
@@ -126,23 +175,76 @@ impl BlkQueueHandler {
     /// Takes every available request, submits it, and returns whether the driver must be
     /// notified. An `Err` means the queue is unusable until the device is reset.
     pub fn process_queue(&mut self, queue: &mut Queue, mem: &Arc<GuestMemory>) -> Result<bool> {
+        self.run_queue(queue, mem, Kicks::Enable)
+            .map(|step| step.notify)
+    }
+
+    /// Like [`BlkQueueHandler::process_queue`], but leaves the driver's available-buffer
+    /// notifications (kicks) suppressed: for a caller that polls the ring with
+    /// [`BlkQueueHandler::avail_pending`] for a while after processing it. The caller must end
+    /// with [`BlkQueueHandler::process_queue`], which re-enables kicks and picks up whatever
+    /// arrived meanwhile, before it stops polling.
+    ///
+    /// With [`Notify::Early`] and VIRTIO_F_RING_EVENT_IDX it returns as soon as a used-buffer
+    /// notification is due ([`Polled::more`]): the caller signals the driver at once and calls
+    /// again, so a driver waiting for its first completion wakes up (on another CPU) and
+    /// refills the ring while the rest of the batch is processed, instead of the two taking
+    /// turns. The driver's `used_event` asks for at most one notification per wait.
+    pub fn process_queue_polled(
+        &mut self,
+        queue: &mut Queue,
+        mem: &Arc<GuestMemory>,
+        notify: Notify,
+    ) -> Result<Polled> {
+        self.run_queue(queue, mem, Kicks::LeaveSuppressed(notify))
+    }
+
+    /// Whether the driver has published chains that [`BlkQueueHandler::process_queue`] would
+    /// take now (false while the queue is broken or full, or when the ring cannot be read).
+    pub fn avail_pending(&self, queue: &Queue, mem: &GuestMemory) -> bool {
+        !self.broken
+            && !self.full()
+            && queue
+                .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+                .is_ok_and(|idx| idx.0 != queue.next_avail())
+    }
+
+    fn run_queue(
+        &mut self,
+        queue: &mut Queue,
+        mem: &Arc<GuestMemory>,
+        kicks: Kicks,
+    ) -> Result<Polled> {
         if self.broken {
-            return Ok(false);
+            return Ok(Polled::default());
         }
+        let early = kicks == Kicks::LeaveSuppressed(Notify::Early) && queue.event_idx_enabled();
         loop {
             queue
                 .disable_notification(mem.as_ref())
                 .map_err(|e| self.queue_err(e))?;
+            let mut stalled = false;
             while !self.full() {
                 let Some(chain) = queue.pop_descriptor_chain(mem.as_ref()) else {
-                    self.check_avail(queue, mem)?;
+                    if self.check_avail(queue, mem, stalled)? {
+                        stalled = true;
+                        continue;
+                    }
                     break;
                 };
+                stalled = false;
                 let head = chain.head_index();
                 if let Err(e) = self.handle(queue, mem, head) {
                     self.broken = true;
                     let _ = self.io.kick();
                     return Err(e);
+                }
+                if early && self.added > 0 && self.notify_needed(queue, mem)? {
+                    self.io.kick()?;
+                    return Ok(Polled {
+                        notify: true,
+                        more: true,
+                    });
                 }
             }
             self.io.kick()?;
@@ -151,14 +253,18 @@ impl BlkQueueHandler {
                 self.throttled = true;
                 break;
             }
-            if !queue
-                .enable_notification(mem.as_ref())
-                .map_err(|e| self.queue_err(e))?
+            if matches!(kicks, Kicks::LeaveSuppressed(_))
+                || !queue
+                    .enable_notification(mem.as_ref())
+                    .map_err(|e| self.queue_err(e))?
             {
                 break;
             }
         }
-        self.notify_needed(queue, mem)
+        Ok(Polled {
+            notify: self.notify_needed(queue, mem)?,
+            more: false,
+        })
     }
 
     /// Collects finished requests into the used ring; returns whether to notify the driver.
@@ -207,27 +313,43 @@ impl BlkQueueHandler {
         Ok(notify)
     }
 
-    /// Called when no chain could be popped: if the driver nonetheless published entries, its
-    /// available index is bogus (more than a ring ahead) or the ring is unreadable. Without this
-    /// check `enable_notification` would report "more work" forever and spin the worker.
-    fn check_avail(&mut self, queue: &Queue, mem: &Arc<GuestMemory>) -> Result<()> {
+    /// Called when no chain could be popped. Returns whether chains are pending after all:
+    /// the driver may publish more between the pop and this check, which is no error (pop
+    /// again). It is an error if the available index is more than a ring ahead (bogus) or if
+    /// a pop already failed with chains pending (`stalled`: the ring is unreadable); without
+    /// this check `enable_notification` would report "more work" forever and spin the worker.
+    fn check_avail(
+        &mut self,
+        queue: &Queue,
+        mem: &Arc<GuestMemory>,
+        stalled: bool,
+    ) -> Result<bool> {
         let avail = queue
             .avail_idx(mem.as_ref(), std::sync::atomic::Ordering::Acquire)
             .map_err(|e| self.queue_err(e))?;
-        if avail.0 == queue.next_avail() {
-            return Ok(());
+        let next = queue.next_avail();
+        if avail.0 == next {
+            return Ok(false);
+        }
+        let ahead = avail.0.wrapping_sub(next);
+        if ahead <= queue.size() && !stalled {
+            return Ok(true);
         }
         self.broken = true;
         let _ = self.io.kick();
-        Err(self.fatal(
-            queue.next_avail(),
+        let reason = if ahead > queue.size() {
             format!(
-                "available index {} is more than the queue size {} ahead of {}",
+                "available index {} is more than the queue size {} ahead of {next}",
                 avail.0,
                 queue.size(),
-                queue.next_avail()
-            ),
-        ))
+            )
+        } else {
+            format!(
+                "available ring entry {next} (of {}) cannot be read",
+                avail.0
+            )
+        };
+        Err(self.fatal(next, reason))
     }
 
     fn notify_needed(&mut self, queue: &mut Queue, mem: &Arc<GuestMemory>) -> Result<bool> {
@@ -261,13 +383,15 @@ impl BlkQueueHandler {
         let mut status_writer = writer
             .split_tail("status byte", 1)
             .map_err(|e| self.fatal(head, e.to_string()))?;
-        let mut segs = Vec::with_capacity(1);
-        status_writer
-            .take_segments(1, &mut segs)
-            .map_err(|e| self.fatal(head, e.to_string()))?;
+        let mut segs = std::mem::take(&mut self.segs);
+        segs.clear();
+        if let Err(e) = status_writer.take_segments(1, &mut segs) {
+            self.segs = segs;
+            return Err(self.fatal(head, e.to_string()));
+        }
         let status_addr = segs[0].addr;
-
-        let action = self.parse(mem, &chain, &mut writer);
+        let action = self.parse(mem, &chain, &mut writer, &mut segs);
+        self.segs = segs;
         match action {
             Action::Complete { status, data_len } => {
                 self.finish(queue, mem, head, status_addr, status, data_len + 1)
@@ -290,27 +414,39 @@ impl BlkQueueHandler {
                     // Unreachable while `full()` gates popping; fail the request, not the queue.
                     return self.finish(queue, mem, head, status_addr, S_IOERR, 1);
                 };
-                for p in parts {
-                    let req = IoRequest {
-                        op: p.op,
-                        offset: p.offset,
-                        len: p.len,
-                        iovecs: p.iovecs,
-                        tag,
-                    };
-                    match self.io.submit(req) {
-                        Ok(Submitted::Queued) => {}
-                        Ok(Submitted::Done(r)) => self.on_result(queue, tag, r)?,
-                        Err(e) => self.on_result(queue, tag, Err(e))?,
-                    }
+                match parts {
+                    Parts::One(p) => self.submit_part(queue, tag, p),
+                    Parts::Many(list) => list
+                        .into_iter()
+                        .try_for_each(|p| self.submit_part(queue, tag, p)),
                 }
-                Ok(())
             }
         }
     }
 
+    fn submit_part(&mut self, queue: &mut Queue, tag: u64, p: Part) -> Result<()> {
+        let req = IoRequest {
+            op: p.op,
+            offset: p.offset,
+            len: p.len,
+            iovecs: p.iovecs,
+            tag,
+        };
+        match self.io.submit(req) {
+            Ok(Submitted::Queued) => Ok(()),
+            Ok(Submitted::Done(r)) => self.on_result(queue, tag, r),
+            Err(e) => self.on_result(queue, tag, Err(e)),
+        }
+    }
+
     /// Turns a request into an action. Never fails: problems become a status.
-    fn parse(&self, mem: &Arc<GuestMemory>, chain: &Chain, writer: &mut Writer<'_>) -> Action {
+    fn parse(
+        &self,
+        mem: &Arc<GuestMemory>,
+        chain: &Chain,
+        writer: &mut Writer<'_>,
+        segs: &mut Vec<Segment>,
+    ) -> Action {
         let mut reader = chain.reader();
         let Ok(hdr) = reader.read_obj::<RequestHeader>(mem) else {
             log::debug!(
@@ -326,7 +462,9 @@ impl BlkQueueHandler {
             return fail(S_UNSUPP);
         };
         if let Some(f) = rt.feature {
-            if self.shared.features() & f == 0 {
+            // A request type whose feature the driver did not accept is unsupported, even if
+            // the device offered it (§5.2.6.1 ties each type to its feature bit).
+            if self.features & f == 0 {
                 return fail(S_UNSUPP);
             }
         }
@@ -337,23 +475,23 @@ impl BlkQueueHandler {
         match rt.kind {
             Kind::In => {
                 let len = writer.remaining();
-                self.data_request(mem, IoOp::Read, sector, len, |segs| {
+                self.data_request(mem, IoOp::Read, sector, len, segs, |segs| {
                     writer.take_segments(len, segs)
                 })
             }
             Kind::Out => {
                 let len = reader.remaining();
-                self.data_request(mem, IoOp::Write, sector, len, |segs| {
+                self.data_request(mem, IoOp::Write, sector, len, segs, |segs| {
                     reader.take_segments(len, segs)
                 })
             }
             Kind::Flush => Action::Submit {
-                parts: vec![Part {
+                parts: Parts::One(Part {
                     op: IoOp::Flush,
                     offset: 0,
                     len: 0,
                     iovecs: Vec::new(),
-                }],
+                }),
                 data_len: 0,
                 then_flush: false,
             },
@@ -396,6 +534,7 @@ impl BlkQueueHandler {
         op: IoOp,
         sector: u64,
         len: u64,
+        segs: &mut Vec<Segment>,
         take: impl FnOnce(&mut Vec<Segment>) -> vstor_virtio_core::Result<()>,
     ) -> Action {
         let Some(offset) = self.byte_range(sector, len) else {
@@ -411,31 +550,31 @@ impl BlkQueueHandler {
                 data_len: 0,
             };
         }
-        let mut segs = Vec::new();
-        if take(&mut segs).is_err() || segs.len() > MAX_SEGMENTS {
+        segs.clear();
+        if take(segs).is_err() || segs.len() > MAX_SEGMENTS {
             return fail(S_IOERR);
         }
-        let mut pieces = Vec::with_capacity(segs.len());
-        for s in &segs {
-            if host_slices(mem, s.addr, s.len, &mut pieces).is_err() {
-                return fail(S_IOERR);
+        // One host piece per segment unless a segment straddles two memory regions.
+        let mut iovecs = Vec::with_capacity(segs.len());
+        for s in segs.iter() {
+            for slice in mem.get_slices(s.addr, s.len as usize) {
+                let Ok(slice) = slice else {
+                    return fail(S_IOERR);
+                };
+                // SAFETY: the slice lies inside guest memory (validated by the chain walk and
+                // `get_slices`), and the request's `Inflight` record holds an `Arc` of that
+                // guest memory until the engine completes it, so the mapping outlives the I/O.
+                iovecs.push(unsafe { IoVec::new(slice.ptr_guard_mut().as_ptr(), slice.len()) });
             }
         }
-        let iovecs = pieces
-            .into_iter()
-            // SAFETY: each piece lies inside guest memory (validated by the chain walk and
-            // `host_slices`), and the request's `Inflight` record holds an `Arc` of that guest
-            // memory until the engine completes it, so the mapping outlives the I/O.
-            .map(|(ptr, n)| unsafe { IoVec::new(ptr, n) })
-            .collect();
         let is_read = op == IoOp::Read;
         Action::Submit {
-            parts: vec![Part {
+            parts: Parts::One(Part {
                 op,
                 offset,
                 len,
                 iovecs,
-            }],
+            }),
             data_len: if is_read { len as u32 } else { 0 },
             then_flush: !is_read && !self.shared.writeback(),
         }
@@ -482,7 +621,7 @@ impl BlkQueueHandler {
             });
         }
         Action::Submit {
-            parts,
+            parts: Parts::Many(parts),
             data_len: 0,
             then_flush: !self.shared.writeback(),
         }
@@ -560,4 +699,107 @@ fn wait_readable(fd: RawFd, timeout_ms: i32) {
     };
     // SAFETY: `pfd` is a valid pollfd for the duration of the call and nfds is 1.
     unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use vm_memory::{Bytes, GuestAddress};
+    use vstor_blockdev::memory::{MemoryDev, MemoryOptions};
+    use vstor_virtio_core::virtio_queue::QueueT;
+
+    use crate::mock::{Harness, Layout, QUEUE_SIZE};
+    use crate::{BlkOptions, Error};
+
+    const T_IN: u32 = 0;
+
+    fn harness() -> Harness {
+        Harness::new(
+            Arc::new(MemoryDev::new(1 << 20, MemoryOptions::default()).unwrap()),
+            BlkOptions::default(),
+        )
+    }
+
+    fn set_avail_idx(h: &Harness, idx: u16) {
+        let addr = GuestAddress(h.queue.avail_ring() + 2);
+        h.mem.write_obj(idx.to_le(), addr).unwrap();
+    }
+
+    /// `avail_event` (VIRTIO 1.2 §2.7.10): after the used ring's `QUEUE_SIZE` elements.
+    fn avail_event(h: &Harness) -> u16 {
+        let addr = h.queue.used_ring() + 4 + 8 * u64::from(QUEUE_SIZE);
+        u16::from_le(h.mem.read_obj(GuestAddress(addr)).unwrap())
+    }
+
+    #[test]
+    fn chains_published_after_an_empty_pop_are_no_error() {
+        // The driver raced a pop: its index moved on by one after the pop saw none.
+        let mut h = harness();
+        set_avail_idx(&h, 1);
+        let pending = h.handler.check_avail(&h.queue, &h.mem, false).unwrap();
+        assert!(pending);
+        assert!(!h.handler.is_broken());
+    }
+
+    #[test]
+    fn a_pop_that_fails_twice_with_chains_pending_is_fatal() {
+        let mut h = harness();
+        set_avail_idx(&h, 1);
+        let err = h.handler.check_avail(&h.queue, &h.mem, true).unwrap_err();
+        assert!(matches!(err, Error::NeedsReset { .. }), "{err}");
+        assert!(h.handler.is_broken());
+    }
+
+    #[test]
+    fn an_index_more_than_a_ring_ahead_is_fatal_at_once() {
+        let mut h = harness();
+        set_avail_idx(&h, QUEUE_SIZE + 1);
+        let err = h.handler.check_avail(&h.queue, &h.mem, false).unwrap_err();
+        assert!(matches!(err, Error::NeedsReset { .. }), "{err}");
+        assert!(!h.handler.avail_pending(&h.queue, &h.mem));
+    }
+
+    #[test]
+    fn polled_processing_leaves_kicks_suppressed_until_the_last_pass() {
+        let mut h = harness();
+        let first = h.submit(Layout::Linux, T_IN, 0, &[], 512);
+        assert!(h.handler.avail_pending(&h.queue, &h.mem));
+        let pass = h
+            .handler
+            .process_queue_polled(&mut h.queue, &h.mem, super::Notify::AfterPass)
+            .unwrap();
+        assert!(pass.notify);
+        assert!(!h.handler.avail_pending(&h.queue, &h.mem));
+        // avail_event was not advanced: the driver sees no reason to kick while polled.
+        assert_eq!(avail_event(&h), 0);
+        assert_eq!(h.response(first).status, 0);
+
+        let second = h.submit(Layout::Linux, T_IN, 8, &[], 512);
+        assert!(h.handler.avail_pending(&h.queue, &h.mem));
+        h.handler.process_queue(&mut h.queue, &h.mem).unwrap();
+        assert_eq!(avail_event(&h), 2, "the last pass re-enables kicks");
+        assert_eq!(h.response(second).status, 0);
+    }
+
+    #[test]
+    fn early_notification_stops_the_pass_at_the_first_due_signal() {
+        // used_event stays 0: the driver waits for its first completion only.
+        let mut h = harness();
+        let first = h.submit(Layout::Linux, T_IN, 0, &[], 512);
+        let second = h.submit(Layout::Linux, T_IN, 8, &[], 512);
+        let pass = h
+            .handler
+            .process_queue_polled(&mut h.queue, &h.mem, super::Notify::Early)
+            .unwrap();
+        assert_eq!((pass.notify, pass.more), (true, true));
+        assert!(h.handler.avail_pending(&h.queue, &h.mem));
+        let pass = h
+            .handler
+            .process_queue_polled(&mut h.queue, &h.mem, super::Notify::Early)
+            .unwrap();
+        assert_eq!((pass.notify, pass.more), (false, false));
+        assert_eq!(h.response(first).status, 0);
+        assert_eq!(h.response(second).status, 0);
+    }
 }

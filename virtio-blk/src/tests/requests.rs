@@ -382,3 +382,22 @@ fn a_full_ring_of_requests_in_one_kick() {
         assert_eq!(r.data, pattern(4096, i as u8), "request {i}");
     }
 }
+
+#[test]
+fn types_whose_feature_the_driver_refused_are_unsupported() {
+    // The device offers DISCARD and WRITE_ZEROES, the driver accepts neither.
+    let dev = memdev(1 << 20);
+    let opts = BlkOptions::default();
+    let offered = crate::config::BlkShared::new(dev.clone(), opts.clone())
+        .unwrap()
+        .features();
+    assert_ne!(offered & feature::DISCARD, 0);
+    let acked = offered & !(feature::DISCARD | feature::WRITE_ZEROES);
+    let mut h = Harness::with_features(dev, opts, Some(acked));
+    for t in [DISCARD, WRITE_ZEROES] {
+        let r = h.request(Layout::Linux, t, 0, &segment(0, 8, 0), 0);
+        assert_eq!(r.status, S_UNSUPP, "type {t}");
+    }
+    let r = h.request(Layout::Linux, OUT, 0, &[1u8; 512], 0);
+    assert_eq!(r.status, S_OK);
+}
