@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! vstor serve blk [--image PATH] [--format raw] [--socket PATH] [--queues N] [--queue-size N]
-//!                 [--read-only] [--cache MODE] [--aio auto|io_uring|threads] [--serial S]
+//!                 [--read-only] [--cache MODE] [--aio auto|io_uring|threads] [--poll-us US]
+//!                 [--serial S]
 //! ```
 
 use std::fs::OpenOptions as FileOptions;
@@ -55,6 +56,10 @@ pub struct BlkArgs {
     /// I/O engine for files: auto, io_uring or threads.
     #[arg(long, value_name = "ENGINE", default_value = "auto", value_parser = parse_engine)]
     aio: EngineKind,
+    /// Longest time (µs) a queue worker keeps polling its ring for new requests after
+    /// emptying it, adapting below it; 0 turns polling off. Default: $VSTOR_POLL_US or 100.
+    #[arg(long, value_name = "US", value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    poll_us: Option<u64>,
     /// Serial number reported to the guest (at most 20 bytes).
     #[arg(long, value_name = "S")]
     serial: Option<String>,
@@ -127,6 +132,7 @@ impl BlkArgs {
                 read_only: self.read_only,
                 ..defaults
             },
+            poll: self.poll_us.map(std::time::Duration::from_micros),
         })
     }
 }

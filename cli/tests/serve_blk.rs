@@ -123,6 +123,17 @@ fn patterned_writes_read_back_file_cache_none() {
     }
 }
 
+/// Kick-driven (polling off) and long-polling workers serve the same requests correctly.
+#[test]
+fn patterned_writes_read_back_with_and_without_polling() {
+    for us in [0, 1000] {
+        let dir = temp_dir();
+        let img = raw_image(dir.path(), "disk.raw", 64 * MIB);
+        let opts = ServerOpts::new(Image::File(img)).poll_us(us);
+        patterned_round_trips(&dir, opts, 64 * MIB);
+    }
+}
+
 #[test]
 fn patterned_writes_read_back_memory() {
     let dir = temp_dir();

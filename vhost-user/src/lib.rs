@@ -42,11 +42,12 @@
 
 pub mod backend;
 pub mod error;
+mod poll;
 mod queue;
 pub mod server;
 pub mod shutdown;
 
-pub use backend::{protocol_features, BlkBackend, MAX_QUEUES};
+pub use backend::{poll_window, protocol_features, BlkBackend, DEFAULT_POLL, MAX_QUEUES};
 pub use error::{Error, Result};
 pub use queue::{EpollHandler, Vring};
 pub use server::{serve_blk, BlkServer, ServeBlkOptions};

@@ -7,6 +7,7 @@
 
 use std::os::unix::io::RawFd;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use vhost_user_backend::{VringEpollHandler, VringRwLock, VringState, VringT};
 use vm_memory::GuestAddressSpace;
@@ -15,6 +16,7 @@ use vstor_virtio_blk::{BlkQueueHandler, BlkShared};
 use vstor_virtio_core::{GuestMemory, GuestMemoryAtomic};
 
 use crate::backend::BlkBackend;
+use crate::poll::{poll_ring, Poller};
 
 /// The vring type of the backend.
 pub type Vring = VringRwLock<GuestMemoryAtomic>;
@@ -43,10 +45,12 @@ pub(crate) struct QueueState {
     registered: Option<RawFd>,
     /// A fatal error stopped the queue; kicks are ignored until it is stopped and restarted.
     failed: bool,
+    /// The adaptive window for polling the ring after the worker emptied it.
+    poller: Poller,
 }
 
 impl QueueState {
-    pub fn new(index: u16, completion_event: u64) -> Self {
+    pub fn new(index: u16, completion_event: u64, poll: Duration) -> Self {
         QueueState {
             index,
             completion_event,
@@ -56,6 +60,7 @@ impl QueueState {
             epoll: Weak::new(),
             registered: None,
             failed: false,
+            poller: Poller::new(poll),
         }
     }
 
@@ -96,9 +101,11 @@ impl QueueState {
         let Some(handler) = self.handler.as_mut() else {
             return;
         };
+        let index = self.index;
         let mut state = vring.get_mut();
-        let result = handler.process_queue(state.get_queue_mut(), &mem);
-        let ok = deliver(self.index, "requests", result, &state);
+        let ok = poll_ring(handler, &mut state, &mem, &mut self.poller, |r, st| {
+            deliver(index, "requests", r, st)
+        });
         drop(state);
         if !ok {
             self.fail();
@@ -115,7 +122,15 @@ impl QueueState {
         };
         let mut state = vring.get_mut();
         let result = handler.process_completions(state.get_queue_mut(), &mem);
-        let ok = deliver(self.index, "completions", result, &state);
+        let mut ok = deliver(self.index, "completions", result, &state);
+        if ok && handler.in_flight() == 0 && state.is_enabled() {
+            // The engine is idle: take (and, with a polling window, wait a little for) the
+            // requests the driver sends once it has its buffers back.
+            let index = self.index;
+            ok = poll_ring(handler, &mut state, &mem, &mut self.poller, |r, st| {
+                deliver(index, "requests", r, st)
+            });
+        }
         drop(state);
         if !ok {
             self.fail();
@@ -204,10 +219,12 @@ impl QueueState {
 
 /// Notifies the driver when a processing step asks for it; logs a fatal error. Returns whether
 /// the step succeeded.
-fn deliver<S>(index: u16, what: &str, result: vstor_virtio_blk::Result<bool>, state: &S) -> bool
-where
-    S: std::ops::Deref<Target = VringState<GuestMemoryAtomic>>,
-{
+fn deliver(
+    index: u16,
+    what: &str,
+    result: vstor_virtio_blk::Result<bool>,
+    state: &VringState<GuestMemoryAtomic>,
+) -> bool {
     match result {
         Ok(notify) => {
             if notify {

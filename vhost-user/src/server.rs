@@ -7,6 +7,7 @@ use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
@@ -32,6 +33,9 @@ pub struct ServeBlkOptions {
     pub open: OpenOptions,
     /// The virtio-blk device: number and size of queues, serial, and so on.
     pub blk: BlkOptions,
+    /// How long a worker polls its ring after emptying it (`None`: [`crate::poll_window`],
+    /// i.e. `VSTOR_POLL_US` or 100 µs; zero turns polling off).
+    pub poll: Option<Duration>,
 }
 
 impl ServeBlkOptions {
@@ -42,6 +46,7 @@ impl ServeBlkOptions {
             image: image.into(),
             open: OpenOptions::default(),
             blk: BlkOptions::default(),
+            poll: None,
         }
     }
 }
@@ -60,6 +65,7 @@ const TOKEN_STOP: u64 = 1;
 pub struct BlkServer {
     dev: Arc<dyn BlockDev>,
     blk: BlkOptions,
+    poll: Duration,
     socket: PathBuf,
     listener: Listener,
     poller: Epoll,
@@ -75,6 +81,7 @@ impl BlkServer {
             image,
             open: open_opts,
             mut blk,
+            poll,
         } = opts;
         if blk.num_queues == 0 || blk.num_queues > MAX_QUEUES {
             return Err(Error::InvalidOption {
@@ -111,6 +118,7 @@ impl BlkServer {
         Ok(BlkServer {
             dev,
             blk,
+            poll: poll.unwrap_or_else(crate::poll_window),
             socket,
             listener,
             poller,
@@ -199,7 +207,7 @@ impl BlkServer {
         self.connections += 1;
         let id = self.connections;
         let shared = BlkShared::new(self.dev.clone(), self.blk.clone())?;
-        let backend = Arc::new(BlkBackend::new(shared)?);
+        let backend = Arc::new(BlkBackend::with_poll(shared, self.poll)?);
         let mem = GuestMemoryAtomic::new(GuestMemory::new());
         let mut daemon = VhostUserDaemon::new(format!("vstor-blk-{id}"), backend.clone(), mem)
             .map_err(|e| Error::Daemon(e.to_string()))?;

@@ -73,6 +73,8 @@ pub struct ServerOpts {
     pub cache_none: bool,
     /// `--aio`: `io_uring`, `threads`, or the server's default.
     pub aio: Option<&'static str>,
+    /// `--poll-us` (vstor only): the ring polling window.
+    pub poll_us: Option<u64>,
 }
 
 impl ServerOpts {
@@ -83,6 +85,7 @@ impl ServerOpts {
             read_only: false,
             cache_none: false,
             aio: None,
+            poll_us: None,
         }
     }
 
@@ -93,6 +96,11 @@ impl ServerOpts {
 
     pub fn aio(mut self, engine: &'static str) -> Self {
         self.aio = Some(engine);
+        self
+    }
+
+    pub fn poll_us(mut self, us: u64) -> Self {
+        self.poll_us = Some(us);
         self
     }
 
@@ -151,6 +159,9 @@ impl Server {
                 }
                 if let Some(aio) = opts.aio {
                     c.args(["--aio", aio]);
+                }
+                if let Some(us) = opts.poll_us {
+                    c.args(["--poll-us", &us.to_string()]);
                 }
                 c.env("RUST_LOG", "info");
                 c
