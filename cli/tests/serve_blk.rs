@@ -115,12 +115,42 @@ fn patterned_writes_read_back_file() {
 /// O_DIRECT with each engine: 512-byte requests must work whatever the host's block size.
 #[test]
 fn patterned_writes_read_back_file_cache_none() {
+    // With io_uring refused (VSTOR_DISABLE_IO_URING=1, the CI fallback pass) an explicit
+    // `--aio io_uring` must fail at startup, which `explicit_io_uring_refused_...` checks.
+    let io_uring_refused = std::env::var_os("VSTOR_DISABLE_IO_URING").is_some();
     for engine in ["io_uring", "threads"] {
+        if engine == "io_uring" && io_uring_refused {
+            continue;
+        }
         let dir = temp_dir();
         let img = raw_image(dir.path(), "disk.raw", 64 * MIB);
         let opts = ServerOpts::new(Image::File(img)).cache_none().aio(engine);
         patterned_round_trips(&dir, opts, 64 * MIB);
     }
+}
+
+/// Where io_uring is refused, asking for it explicitly is a clear startup error, not a
+/// silent fallback.
+#[test]
+fn explicit_io_uring_refused_is_a_startup_error() {
+    if std::env::var_os("VSTOR_DISABLE_IO_URING").is_none() {
+        return;
+    }
+    let dir = temp_dir();
+    let img = raw_image(dir.path(), "disk.raw", MIB);
+    let out = std::process::Command::new(common::vstor_bin())
+        .args(["serve", "blk", "--aio", "io_uring", "--image"])
+        .arg(&img)
+        .arg("--socket")
+        .arg(dir.path().join("blk.sock"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("disk.raw") && stderr.contains("io_uring"),
+        "{stderr}"
+    );
 }
 
 /// Kick-driven (polling off) and long-polling workers serve the same requests correctly.
