@@ -115,6 +115,8 @@ pub struct BlkQueueHandler {
     max_parts: usize,
     /// Features the driver accepted (offered ∩ acknowledged).
     features: u64,
+    /// Scratch chain, reused by every request (its segment lists keep their capacity).
+    chain: Chain,
     /// Scratch list of guest segments, reused by every request.
     segs: Vec<Segment>,
 }
@@ -142,6 +144,7 @@ impl BlkQueueHandler {
             broken: false,
             max_parts,
             segs: Vec::with_capacity(MAX_SEGMENTS),
+            chain: Chain::default(),
             features: acked_features & shared_features,
         })
     }
@@ -377,8 +380,24 @@ impl BlkQueueHandler {
     /// Handles one chain. Errors are fatal (no status byte can be returned).
     fn handle(&mut self, queue: &mut Queue, mem: &Arc<GuestMemory>, head: u16) -> Result<()> {
         let table = GuestAddress(queue.desc_table());
-        let chain = Chain::walk(mem, table, queue.size(), head, &self.limits)
+        let mut chain = std::mem::take(&mut self.chain);
+        let result = self.handle_walked(queue, mem, table, head, &mut chain);
+        self.chain = chain;
+        result
+    }
+
+    fn handle_walked(
+        &mut self,
+        queue: &mut Queue,
+        mem: &Arc<GuestMemory>,
+        table: GuestAddress,
+        head: u16,
+        chain: &mut Chain,
+    ) -> Result<()> {
+        chain
+            .walk_into(mem, table, queue.size(), head, &self.limits)
             .map_err(|e| self.fatal(head, e.to_string()))?;
+        let chain = &*chain;
         let mut writer = chain.writer();
         let mut status_writer = writer
             .split_tail("status byte", 1)
@@ -390,7 +409,7 @@ impl BlkQueueHandler {
             return Err(self.fatal(head, e.to_string()));
         }
         let status_addr = segs[0].addr;
-        let action = self.parse(mem, &chain, &mut writer, &mut segs);
+        let action = self.parse(mem, chain, &mut writer, &mut segs);
         self.segs = segs;
         match action {
             Action::Complete { status, data_len } => {

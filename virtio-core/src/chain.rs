@@ -41,7 +41,7 @@ pub struct Segment {
 }
 
 /// A validated descriptor chain: its head index and its buffers, readable first.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Chain {
     head: u16,
     readable: Vec<Segment>,
@@ -90,13 +90,28 @@ impl Chain {
         head: u16,
         limits: &ChainLimits,
     ) -> Result<Chain> {
-        let mut chain = Chain {
-            head,
-            readable: Vec::new(),
-            writable: Vec::new(),
-            readable_len: 0,
-            writable_len: 0,
-        };
+        let mut chain = Chain::default();
+        chain.walk_into(mem, table, queue_size, head, limits)?;
+        Ok(chain)
+    }
+
+    /// Like [`Chain::walk`], but into `self`, reusing its segment lists: a device that walks a
+    /// chain per request keeps one `Chain` and allocates nothing once the lists have grown.
+    /// On error `self` holds a partial walk and must not be used as a chain.
+    pub fn walk_into(
+        &mut self,
+        mem: &GuestMemory,
+        table: GuestAddress,
+        queue_size: u16,
+        head: u16,
+        limits: &ChainLimits,
+    ) -> Result<()> {
+        self.head = head;
+        self.readable.clear();
+        self.writable.clear();
+        self.readable_len = 0;
+        self.writable_len = 0;
+        let chain = self;
         let mut table = table;
         let mut size = queue_size;
         let mut index = head;
@@ -184,7 +199,7 @@ impl Chain {
             }
             position += 1;
             if d.flags & F_NEXT == 0 {
-                return Ok(chain);
+                return Ok(());
             }
             index = d.next;
         }

@@ -127,3 +127,35 @@ fn zero_length_descriptors_are_skipped() {
     assert_eq!((c.readable_len(), c.writable_len()), (0, 4));
     assert!(c.reader().read_obj::<u32>(&m).is_err());
 }
+
+#[test]
+fn walk_into_reuses_without_leaking_the_previous_chain() {
+    let m = mem();
+    // Chain at 0: three readable + one writable; chain at 5: one readable + one writable.
+    put(&m, 0, 0, 0x1000, 16, F_NEXT, 1);
+    put(&m, 0, 1, 0x2000, 32, F_NEXT, 2);
+    put(&m, 0, 2, 0x3000, 64, F_NEXT, 3);
+    put(&m, 0, 3, 0x4000, 8, F_WRITE, 0);
+    put(&m, 0, 5, 0x5000, 16, F_NEXT, 6);
+    put(&m, 0, 6, 0x6000, 1, F_WRITE, 0);
+    // A loop at 8, to leave a partial walk behind.
+    put(&m, 0, 8, 0x7000, 16, F_NEXT, 9);
+    put(&m, 0, 9, 0x7000, 16, F_NEXT, 8);
+    let lim = ChainLimits::default();
+    let mut c = Chain::default();
+    for head in [0u16, 8, 5, 0] {
+        let fresh = walk(&m, head);
+        let reused = c.walk_into(&m, GuestAddress(0), 16, head, &lim);
+        match fresh {
+            Ok(f) => {
+                reused.unwrap();
+                assert_eq!(c.head(), f.head());
+                assert_eq!(c.readable_len(), f.readable_len());
+                assert_eq!(c.writable_len(), f.writable_len());
+                assert_eq!(c.readable, f.readable);
+                assert_eq!(c.writable, f.writable);
+            }
+            Err(_) => assert!(reused.is_err()),
+        }
+    }
+}
