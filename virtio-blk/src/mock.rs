@@ -26,9 +26,7 @@ const USED_RING: u64 = 0x2000;
 /// Where indirect tables go.
 const INDIRECT_START: u64 = 0x8_0000;
 
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
-const F_INDIRECT: u16 = 4;
+use vstor_virtio_core::chain::{F_INDIRECT, F_NEXT, F_WRITE};
 
 /// One descriptor as a test describes it.
 #[derive(Debug, Clone, Copy)]

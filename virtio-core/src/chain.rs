@@ -14,9 +14,12 @@ use crate::error::{Error, Result};
 use crate::memory::{range_valid, GuestMemory};
 
 const DESC_SIZE: u64 = 16;
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
-const F_INDIRECT: u16 = 4;
+/// Descriptor flag (§2.7.5): the chain continues at `next`.
+pub const F_NEXT: u16 = 1;
+/// Descriptor flag (§2.7.5): the buffer is device-writable.
+pub const F_WRITE: u16 = 2;
+/// Descriptor flag (§2.7.5.3): the buffer is an indirect descriptor table.
+pub const F_INDIRECT: u16 = 4;
 
 /// Policy for a chain walk.
 #[derive(Debug, Clone, Copy)]

@@ -108,37 +108,45 @@ impl FileCore {
         u64::from(self.info.logical_block_size)
     }
 
+    /// One `preadv`/`pwritev` of at most `IOV_MAX` buffers at `offset`, retried on EINTR and
+    /// EAGAIN; returns the bytes moved.
+    fn vectored(&self, write: bool, iovs: &[IoVec], offset: u64) -> io::Result<usize> {
+        let cnt = iovs.len().min(IOV_MAX) as libc::c_int;
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        loop {
+            let fd = self.file.as_raw_fd();
+            let ptr = iovs.as_ptr().cast::<libc::iovec>();
+            let n = if write {
+                // SAFETY: IoVec is layout-compatible with iovec; each buffer is readable for
+                // its length (IoVec contract) and `cnt` does not exceed the slice.
+                unsafe { libc::pwritev(fd, ptr, cnt, off) }
+            } else {
+                // SAFETY: as above, and each buffer is writable for its length.
+                unsafe { libc::preadv(fd, ptr, cnt, off) }
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if !retryable(&e) {
+                return Err(e);
+            }
+        }
+    }
+
     /// Reads into `iovs` at `offset` until they are full; what lies past the end of the file
     /// reads as zeroes.
     pub fn preadv_full(&self, iovs: &mut [IoVec], mut offset: u64) -> io::Result<()> {
         let mut rest = iovs;
         while !rest.is_empty() {
-            let cnt = rest.len().min(IOV_MAX) as libc::c_int;
-            let off = libc::off_t::try_from(offset)
-                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-            // SAFETY: IoVec is layout-compatible with iovec; each buffer is writable for its
-            // length (IoVec contract) and `cnt` does not exceed the slice.
-            let n = unsafe {
-                libc::preadv(
-                    self.file.as_raw_fd(),
-                    rest.as_ptr().cast::<libc::iovec>(),
-                    cnt,
-                    off,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if retryable(&e) {
-                    continue;
-                }
-                return Err(e);
-            }
+            let n = self.vectored(false, rest, offset)?;
             if n == 0 {
                 zero_fill(rest);
                 return Ok(());
             }
             offset += n as u64;
-            rest = advance(rest, n as usize);
+            rest = advance(rest, n);
             if self.direct && offset % self.align() != 0 && !rest.is_empty() {
                 // An O_DIRECT read only stops mid-block at the end of the file.
                 zero_fill(rest);
@@ -152,31 +160,12 @@ impl FileCore {
     pub fn pwritev_full(&self, iovs: &mut [IoVec], mut offset: u64) -> io::Result<()> {
         let mut rest = iovs;
         while !rest.is_empty() {
-            let cnt = rest.len().min(IOV_MAX) as libc::c_int;
-            let off = libc::off_t::try_from(offset)
-                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-            // SAFETY: IoVec is layout-compatible with iovec; each buffer is readable for its
-            // length (IoVec contract) and `cnt` does not exceed the slice.
-            let n = unsafe {
-                libc::pwritev(
-                    self.file.as_raw_fd(),
-                    rest.as_ptr().cast::<libc::iovec>(),
-                    cnt,
-                    off,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if retryable(&e) {
-                    continue;
-                }
-                return Err(e);
-            }
+            let n = self.vectored(true, rest, offset)?;
             if n == 0 {
                 return Err(io::Error::from_raw_os_error(libc::EIO));
             }
             offset += n as u64;
-            rest = advance(rest, n as usize);
+            rest = advance(rest, n);
         }
         Ok(())
     }

@@ -12,9 +12,7 @@ use crate::error::Error;
 use crate::mock::{Desc, Harness, Layout, MEM_SIZE};
 use crate::request::{S_IOERR, S_OK};
 
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
-const F_INDIRECT: u16 = 4;
+use vstor_virtio_core::chain::{F_INDIRECT, F_NEXT, F_WRITE};
 
 fn harness() -> Harness {
     Harness::new(
