@@ -181,8 +181,7 @@ impl VirtioDevice for VirtioBlk {
         );
     }
 
-    fn save_state(&mut self) -> vstor_virtio_core::Result<Vec<u8>> {
-        // Requests in flight are completed first, so the saved queue indices cover them.
+    fn quiesce(&mut self) -> vstor_virtio_core::Result<()> {
         if let Some(active) = self.active.as_mut() {
             let mem = active.mem.memory().into_inner();
             for (i, aq) in active.queues.iter_mut().enumerate() {
@@ -194,6 +193,18 @@ impl VirtioDevice for VirtioBlk {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn queue_indices(&self, queue: u16) -> Option<(u16, u16, bool)> {
+        use vstor_virtio_core::virtio_queue::QueueT;
+        let q = self.queue(queue)?;
+        Some((q.next_avail(), q.next_used(), q.event_idx_enabled()))
+    }
+
+    fn save_state(&mut self) -> vstor_virtio_core::Result<Vec<u8>> {
+        // Requests in flight are completed first, so the saved queue indices cover them.
+        self.quiesce()?;
         Ok(vec![self.shared.writeback() as u8])
     }
 

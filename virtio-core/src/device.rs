@@ -104,6 +104,19 @@ pub trait VirtioDevice: Send {
     /// Returns to the initial state: waits for requests in flight, drops the queues.
     fn reset(&mut self);
 
+    /// Waits until no request is in flight (before guest memory is removed, for example),
+    /// completing them into the used rings. The device stays live.
+    fn quiesce(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Queue `queue`'s next available and next used indices and whether it uses
+    /// VIRTIO_F_RING_EVENT_IDX, while the device is live (for migration state).
+    fn queue_indices(&self, queue: u16) -> Option<(u16, u16, bool)> {
+        let _ = queue;
+        None
+    }
+
     /// Device-specific state for migration (config fields the driver wrote, write cache mode,
     /// heads of requests in flight). The transport saves queues and features itself.
     fn save_state(&mut self) -> Result<Vec<u8>>;

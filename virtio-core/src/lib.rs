@@ -9,7 +9,9 @@
 //!   descriptors");
 //! - [`interrupt`]: used-buffer and configuration notifications by callback or eventfd;
 //! - [`device`]: the [`VirtioDevice`] trait a transport (PCI, MMIO, vhost-user, C ABI) drives;
-//! - [`state`]: device state snapshots for live migration.
+//! - [`state`]: device state snapshots for live migration;
+//! - [`transport`]: the register-level state machine (features, status, queues, memory,
+//!   kicks, reset, save/restore) a PCI/MMIO model or the C ABI drives around a device.
 //!
 //! ```
 //! use vm_memory::{Bytes, GuestAddress};
@@ -48,11 +50,13 @@ pub mod interrupt;
 pub mod memory;
 pub mod state;
 pub mod status;
+pub mod transport;
 
 pub use device::{DeviceType, QueueConfig, VirtioDevice};
 pub use error::{Error, Result};
 pub use interrupt::{Interrupt, InterruptKind};
 pub use memory::{GuestMemory, GuestMemoryAtomic};
+pub use transport::Transport;
 
 /// Re-exported so embedders and tests use the same versions vstor was built against.
 pub use virtio_queue;
