@@ -213,8 +213,17 @@ impl Transport {
 
     /// Replaces guest memory (hotplug). Requests in flight keep the old map alive.
     pub fn set_memory(&mut self, mem: GuestMemory) {
-        let mut guard = self.mem.lock().expect("guest memory lock poisoned");
+        let guard = self.mem.lock().expect("guest memory lock poisoned");
         guard.replace(mem);
+    }
+
+    /// Waits until no request is in flight (before guest memory is removed); the device stays
+    /// live.
+    pub fn quiesce(&mut self) -> Result<()> {
+        if self.active {
+            self.device.quiesce()?;
+        }
+        Ok(())
     }
 
     /// The driver notified queue `q` (a kick).
@@ -255,10 +264,8 @@ impl Transport {
         let device = self.device.save_state()?;
         let mut queues = Vec::with_capacity(self.queues.len());
         for (i, cfg) in self.queues.iter().enumerate() {
-            let (next_avail, next_used, event_idx) = match self.device.queue_indices(i as u16) {
-                Some(ix) => ix,
-                None => (0, 0, false),
-            };
+            let (next_avail, next_used, event_idx) =
+                self.device.queue_indices(i as u16).unwrap_or_default();
             queues.push(QueueState {
                 config: *cfg,
                 event_idx,
