@@ -2,7 +2,8 @@
 # Installs the Debian packages vstor's tests need, only those that are missing.
 #
 # Usage: scripts/install-deps.sh [--base]
-#   --base   only what the cargo tests and the benchmark script need (jq); without it also
+#   --base   only what the cargo tests, the C ABI tests and the benchmark scripts need (jq,
+#            valgrind, abigail-tools, pkg-config, g++); without it also
 #            the guest test's packages (QEMU system emulator, kernel, busybox, fio; see
 #            tests/guest/setup.sh).
 # Rust itself (stable, with rustfmt and clippy) must already be installed.
@@ -16,7 +17,7 @@ SUDO=
 [ "$(id -u)" = 0 ] || SUDO=sudo
 
 missing=()
-for pkg in jq; do
+for pkg in jq valgrind abigail-tools pkg-config g++; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
