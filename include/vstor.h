@@ -242,8 +242,8 @@ typedef struct vstor_blockdev_info {
 
 /**
  * An interrupt callback: `queue` is the queue index, or `VSTOR_IRQ_CONFIG`. It may run on a
- * vstor worker thread, and must not call vstor functions on the same device (they fail with
- * `-EDEADLK`).
+ * vstor worker thread, and must not call vstor functions (they fail with `-EDEADLK`): record
+ * the interrupt and return.
  */
 typedef void (*vstor_irq_fn)(void *opaque,
                              uint32_t queue);
@@ -410,7 +410,7 @@ int32_t vstor_device_set_kick_fd(struct vstor_device *dev,
 /**
  * Sets the interrupt callback, called with the queue index (or `VSTOR_IRQ_CONFIG`) for every
  * interrupt not routed to an irqfd. NULL removes it. It may run on a worker thread, and must
- * not call vstor functions on this device (`-EDEADLK`).
+ * not call vstor functions (they fail with `-EDEADLK`).
  */
 int32_t vstor_device_set_irq_callback(struct vstor_device *dev,
                                       vstor_irq_fn callback,

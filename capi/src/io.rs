@@ -141,7 +141,7 @@ pub extern "C" fn vstor_device_set_kick_fd(dev: *mut vstor_device, queue: u16, f
 
 /// Sets the interrupt callback, called with the queue index (or `VSTOR_IRQ_CONFIG`) for every
 /// interrupt not routed to an irqfd. NULL removes it. It may run on a worker thread, and must
-/// not call vstor functions on this device (`-EDEADLK`).
+/// not call vstor functions (they fail with `-EDEADLK`).
 #[no_mangle]
 pub extern "C" fn vstor_device_set_irq_callback(
     dev: *mut vstor_device,

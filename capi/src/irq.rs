@@ -16,8 +16,8 @@ use crate::error::{in_callback, CError, CResult};
 pub const VSTOR_IRQ_CONFIG: u32 = 0xFFFF_FFFF;
 
 /// An interrupt callback: `queue` is the queue index, or `VSTOR_IRQ_CONFIG`. It may run on a
-/// vstor worker thread, and must not call vstor functions on the same device (they fail with
-/// `-EDEADLK`).
+/// vstor worker thread, and must not call vstor functions (they fail with `-EDEADLK`): record
+/// the interrupt and return.
 pub type vstor_irq_fn = Option<unsafe extern "C" fn(opaque: *mut c_void, queue: u32)>;
 
 #[derive(Clone, Copy)]
