@@ -110,6 +110,12 @@ pub extern "C" fn vstor_device_kick(dev: *mut vstor_device, queue: u16) -> i32 {
                     d.internal_kicks.len()
                 ))
             })?;
+            if !d.lock()?.transport.is_active() {
+                return Err(vstor_virtio_core::Error::NotReady(
+                    "device is not live (DRIVER_OK not set)",
+                )
+                .into());
+            }
             fd.write(1)
                 .map_err(|e| CError::new(libc::EIO, format!("wake worker: {e}")))?;
             return Ok(0);

@@ -42,6 +42,10 @@ pub fn anonymous(ranges: &[(GuestAddress, usize)]) -> Result<GuestMemory> {
 /// must stay mapped until the returned memory and every clone of it (including those held by
 /// requests in flight) are dropped.
 pub unsafe fn from_host_regions(regions: &[HostRegion]) -> Result<GuestMemory> {
+    if regions.is_empty() {
+        // No memory at all (every region removed): every guest access fails cleanly.
+        return Ok(GuestMemory::default());
+    }
     let mut built = Vec::with_capacity(regions.len());
     for r in regions {
         let bad = |reason: &str| Error::MemoryRegion {
@@ -155,6 +159,9 @@ mod tests {
         };
         // SAFETY: the region is invalid and must be refused before any use.
         assert!(unsafe { from_host_regions(&[bad]) }.is_err());
+        // SAFETY: no regions, nothing to map: every access must fail.
+        let empty = unsafe { from_host_regions(&[]) }.unwrap();
+        assert!(!range_valid(&empty, GuestAddress(0), 1));
     }
 
     #[test]

@@ -288,6 +288,8 @@ impl Transport {
     /// count; guest memory must be registered first. The device is reset before loading, and
     /// activated again when the saved status had DRIVER_OK.
     pub fn restore(&mut self, blob: &[u8]) -> Result<()> {
+        // Reset first, so a refused blob leaves the device reset whatever was wrong with it.
+        self.reset();
         let st = DeviceState::decode(blob)?;
         let ty = self.device.device_type() as u32;
         if st.device_type != ty {
@@ -306,7 +308,6 @@ impl Transport {
         if st.status & status::NEEDS_RESET != 0 {
             return Err(Error::State("saved status has DEVICE_NEEDS_RESET".into()));
         }
-        self.reset();
         let result = self.load(&st);
         if result.is_err() {
             self.reset();

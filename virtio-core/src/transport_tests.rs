@@ -223,4 +223,9 @@ fn save_and_restore_round_trip() {
     bad[8] = 8; // device type: SCSI
     assert!(v.restore(&bad).unwrap_err().to_string().contains("type"));
     assert_eq!(v.status(), 0);
+
+    // A refused blob resets even a live device.
+    assert!(t.restore(&blob[..5]).is_err());
+    assert_eq!(t.status(), 0);
+    assert!(!t.is_active());
 }
