@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every vstor test: formatting, clippy, unit/device/end-to-end tests (with io_uring and
-# with the thread fallback), the fuzz corpus replay, the Linux guest test under TCG, and a smoke
-# run of the side-by-side benchmark against qemu-storage-daemon.
+# with the thread fallback), the fuzz corpus replay, the C ABI checks (header, ABI baseline, C
+# hypervisor harness and misuse suite under valgrind and ASan, pkg-config install), the Linux
+# guest test under TCG, and smoke runs of the benchmarks.
 #
 # Usage: scripts/test.sh [--quick]
 #   --quick   skip the guest test and the benchmark smoke run (for fast local iterations;
@@ -40,6 +41,16 @@ cargo test --workspace
 
 step "block layer again with io_uring refused (thread fallback)"
 VSTOR_DISABLE_IO_URING=1 cargo test -p vstor-blockdev -p vstor-cli
+
+step "C ABI: header current, ABI against the capi/abi/ baseline"
+scripts/gen-header.sh --check
+scripts/check-abi.sh
+
+step "C ABI: C11/C++17 header, C hypervisor harness and misuse suite (native, valgrind, ASan)"
+tests/c/run.sh
+
+step "C ABI: install with pkg-config, link shared and static"
+tests/c-install/run.sh
 
 if [ "$QUICK" = 1 ]; then
 	step "done (--quick: guest test and benchmark smoke run skipped)"
