@@ -89,6 +89,20 @@ pub trait IoQueue: Send {
     /// Queues a request. The buffers in `req.iovecs` must stay valid until it completes.
     fn submit(&mut self, req: IoRequest) -> Result<Submitted>;
 
+    /// Like [`IoQueue::submit`], but the engine takes `req.iovecs` only if it keeps the
+    /// request past the call: engines that complete at once leave the list to the caller, who
+    /// reuses its allocation for the next request.
+    fn submit_ref(&mut self, req: &mut IoRequest) -> Result<Submitted> {
+        let owned = IoRequest {
+            op: req.op,
+            offset: req.offset,
+            len: req.len,
+            iovecs: std::mem::take(&mut req.iovecs),
+            tag: req.tag,
+        };
+        self.submit(owned)
+    }
+
     /// Hands queued requests to the engine (one syscall for a batch where the engine allows).
     fn kick(&mut self) -> Result<()>;
 

@@ -15,6 +15,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 use vstor_blockdev::{Completion, IoOp, IoQueue, IoRequest, IoVec, QueueOptions, Submitted};
 use vstor_virtio_core::chain::{Chain, ChainLimits, Segment, Writer};
 use vstor_virtio_core::features::RING_INDIRECT_DESC;
+use vstor_virtio_core::memory::host_ptr;
+use vstor_virtio_core::ring::RingPtrs;
 use vstor_virtio_core::{virtio_queue, GuestMemory};
 
 use crate::config::{BlkShared, ID_BYTES, MAX_SEGMENTS};
@@ -119,6 +121,10 @@ pub struct BlkQueueHandler {
     chain: Chain,
     /// Scratch list of guest segments, reused by every request.
     segs: Vec<Segment>,
+    /// Host pointers to the rings, for the guest memory map they were computed in.
+    ring: Option<(Arc<GuestMemory>, RingPtrs)>,
+    /// An I/O vector list the engine handed back (synchronous completion), reused.
+    spare_iovecs: Vec<IoVec>,
 }
 
 impl BlkQueueHandler {
@@ -145,6 +151,8 @@ impl BlkQueueHandler {
             max_parts,
             segs: Vec::with_capacity(MAX_SEGMENTS),
             chain: Chain::default(),
+            ring: None,
+            spare_iovecs: Vec::new(),
             features: acked_features & shared_features,
         })
     }
@@ -169,6 +177,18 @@ impl BlkQueueHandler {
             queue: self.queue_index,
             source,
         }
+    }
+
+    /// The ring fast path for `queue` in `mem` (cached per memory map and queue addresses).
+    fn ring(&mut self, queue: &Queue, mem: &Arc<GuestMemory>) -> Option<RingPtrs> {
+        if let Some((m, r)) = &self.ring {
+            if Arc::ptr_eq(m, mem) && r.matches(queue) {
+                return Some(*r);
+            }
+        }
+        let r = RingPtrs::new(mem, queue)?;
+        self.ring = Some((mem.clone(), r));
+        Some(r)
     }
 
     fn full(&self) -> bool {
@@ -222,13 +242,23 @@ impl BlkQueueHandler {
             return Ok(Polled::default());
         }
         let early = kicks == Kicks::LeaveSuppressed(Notify::Early) && queue.event_idx_enabled();
+        let ring = self.ring(queue, mem);
         loop {
-            queue
-                .disable_notification(mem.as_ref())
-                .map_err(|e| self.queue_err(e))?;
+            match ring {
+                Some(r) => r.disable_notification(queue),
+                None => queue
+                    .disable_notification(mem.as_ref())
+                    .map_err(|e| self.queue_err(e))?,
+            }
             let mut stalled = false;
             while !self.full() {
-                let Some(chain) = queue.pop_descriptor_chain(mem.as_ref()) else {
+                let popped = match ring {
+                    Some(r) => r.pop(queue),
+                    None => queue
+                        .pop_descriptor_chain(mem.as_ref())
+                        .map(|c| c.head_index()),
+                };
+                let Some(head) = popped else {
                     if self.check_avail(queue, mem, stalled)? {
                         stalled = true;
                         continue;
@@ -236,7 +266,6 @@ impl BlkQueueHandler {
                     break;
                 };
                 stalled = false;
-                let head = chain.head_index();
                 if let Err(e) = self.handle(queue, mem, head) {
                     self.broken = true;
                     let _ = self.io.kick();
@@ -257,9 +286,12 @@ impl BlkQueueHandler {
                 break;
             }
             if matches!(kicks, Kicks::LeaveSuppressed(_))
-                || !queue
-                    .enable_notification(mem.as_ref())
-                    .map_err(|e| self.queue_err(e))?
+                || !match ring {
+                    Some(r) => r.enable_notification(queue),
+                    None => queue
+                        .enable_notification(mem.as_ref())
+                        .map_err(|e| self.queue_err(e))?,
+                }
             {
                 break;
             }
@@ -327,9 +359,12 @@ impl BlkQueueHandler {
         mem: &Arc<GuestMemory>,
         stalled: bool,
     ) -> Result<bool> {
-        let avail = queue
-            .avail_idx(mem.as_ref(), std::sync::atomic::Ordering::Acquire)
-            .map_err(|e| self.queue_err(e))?;
+        let avail = match self.ring(queue, mem) {
+            Some(r) => std::num::Wrapping(r.avail_idx()),
+            None => queue
+                .avail_idx(mem.as_ref(), std::sync::atomic::Ordering::Acquire)
+                .map_err(|e| self.queue_err(e))?,
+        };
         let next = queue.next_avail();
         if avail.0 == next {
             return Ok(false);
@@ -359,10 +394,18 @@ impl BlkQueueHandler {
         if self.added == 0 {
             return Ok(false);
         }
+        let added = self.added as u16;
         self.added = 0;
+        if let Some(r) = self.ring(queue, mem) {
+            return Ok(r.needs_notification(queue, added));
+        }
+        // virtio-queue's own check counts only the used elements it added itself, and the
+        // fast path may have added some: call it (it resets its count) but notify regardless.
+        // A spurious interrupt is harmless; a missed one hangs the driver.
         queue
             .needs_notification(mem.as_ref())
-            .map_err(|e| self.queue_err(e))
+            .map_err(|e| self.queue_err(e))?;
+        Ok(true)
     }
 
     fn fatal(&self, head: u16, reason: String) -> Error {
@@ -398,18 +441,20 @@ impl BlkQueueHandler {
             .walk_into(mem, table, queue.size(), head, &self.limits)
             .map_err(|e| self.fatal(head, e.to_string()))?;
         let chain = &*chain;
-        let mut writer = chain.writer();
-        let mut status_writer = writer
-            .split_tail("status byte", 1)
-            .map_err(|e| self.fatal(head, e.to_string()))?;
+        let Some((mut writer, status_addr)) = chain.writer_and_last_byte() else {
+            return Err(self.fatal(
+                head,
+                "status byte: no device-writable buffer in the chain".into(),
+            ));
+        };
         let mut segs = std::mem::take(&mut self.segs);
         segs.clear();
-        if let Err(e) = status_writer.take_segments(1, &mut segs) {
-            self.segs = segs;
-            return Err(self.fatal(head, e.to_string()));
+        let mut spare = std::mem::take(&mut self.spare_iovecs);
+        spare.clear();
+        let action = self.parse(mem, chain, &mut writer, &mut segs, &mut spare);
+        if spare.capacity() > 0 {
+            self.spare_iovecs = spare;
         }
-        let status_addr = segs[0].addr;
-        let action = self.parse(mem, chain, &mut writer, &mut segs);
         self.segs = segs;
         match action {
             Action::Complete { status, data_len } => {
@@ -444,14 +489,19 @@ impl BlkQueueHandler {
     }
 
     fn submit_part(&mut self, queue: &mut Queue, tag: u64, p: Part) -> Result<()> {
-        let req = IoRequest {
+        let mut req = IoRequest {
             op: p.op,
             offset: p.offset,
             len: p.len,
             iovecs: p.iovecs,
             tag,
         };
-        match self.io.submit(req) {
+        let submitted = self.io.submit_ref(&mut req);
+        if req.iovecs.capacity() > 0 {
+            // The engine finished with the list: keep its allocation for the next request.
+            self.spare_iovecs = req.iovecs;
+        }
+        match submitted {
             Ok(Submitted::Queued) => Ok(()),
             Ok(Submitted::Done(r)) => self.on_result(queue, tag, r),
             Err(e) => self.on_result(queue, tag, Err(e)),
@@ -465,6 +515,7 @@ impl BlkQueueHandler {
         chain: &Chain,
         writer: &mut Writer<'_>,
         segs: &mut Vec<Segment>,
+        spare: &mut Vec<IoVec>,
     ) -> Action {
         let mut reader = chain.reader();
         let Ok(hdr) = reader.read_obj::<RequestHeader>(mem) else {
@@ -494,13 +545,13 @@ impl BlkQueueHandler {
         match rt.kind {
             Kind::In => {
                 let len = writer.remaining();
-                self.data_request(mem, IoOp::Read, sector, len, segs, |segs| {
+                self.data_request(mem, IoOp::Read, sector, len, segs, spare, |segs| {
                     writer.take_segments(len, segs)
                 })
             }
             Kind::Out => {
                 let len = reader.remaining();
-                self.data_request(mem, IoOp::Write, sector, len, segs, |segs| {
+                self.data_request(mem, IoOp::Write, sector, len, segs, spare, |segs| {
                     reader.take_segments(len, segs)
                 })
             }
@@ -547,6 +598,7 @@ impl BlkQueueHandler {
         (end <= info.size && offset % lbs == 0 && len % lbs == 0).then_some(offset)
     }
 
+    #[allow(clippy::too_many_arguments)] // scratch lists passed down; a struct would do too
     fn data_request(
         &self,
         mem: &Arc<GuestMemory>,
@@ -554,6 +606,7 @@ impl BlkQueueHandler {
         sector: u64,
         len: u64,
         segs: &mut Vec<Segment>,
+        spare: &mut Vec<IoVec>,
         take: impl FnOnce(&mut Vec<Segment>) -> vstor_virtio_core::Result<()>,
     ) -> Action {
         let Some(offset) = self.byte_range(sector, len) else {
@@ -574,8 +627,14 @@ impl BlkQueueHandler {
             return fail(S_IOERR);
         }
         // One host piece per segment unless a segment straddles two memory regions.
-        let mut iovecs = Vec::with_capacity(segs.len());
+        let mut iovecs = std::mem::take(spare);
+        iovecs.reserve(segs.len());
         for s in segs.iter() {
+            if let Some(p) = host_ptr(mem, s.addr, u64::from(s.len)) {
+                // SAFETY: as below; host_ptr checked the whole segment lies in one region.
+                iovecs.push(unsafe { IoVec::new(p, s.len as usize) });
+                continue;
+            }
             for slice in mem.get_slices(s.addr, s.len as usize) {
                 let Ok(slice) = slice else {
                     return fail(S_IOERR);
@@ -692,18 +751,24 @@ impl BlkQueueHandler {
     fn finish(
         &mut self,
         queue: &mut Queue,
-        mem: &GuestMemory,
+        mem: &Arc<GuestMemory>,
         head: u16,
         status_addr: GuestAddress,
         status: u8,
         used_len: u32,
     ) -> Result<()> {
-        if let Err(e) = mem.write_obj(status, status_addr) {
+        if let Some(p) = host_ptr(mem, status_addr, 1) {
+            // SAFETY: one byte of mapped guest memory (host_ptr), kept mapped by `mem`.
+            unsafe { p.write_volatile(status) };
+        } else if let Err(e) = mem.write_obj(status, status_addr) {
             return Err(self.fatal(head, format!("cannot write status byte: {e}")));
         }
-        queue
-            .add_used(mem, head, used_len)
-            .map_err(|e| self.queue_err(e))?;
+        match self.ring(queue, mem) {
+            Some(r) if head < queue.size() => r.add_used(queue, head, used_len),
+            _ => queue
+                .add_used(mem.as_ref(), head, used_len)
+                .map_err(|e| self.queue_err(e))?,
+        }
         self.added += 1;
         Ok(())
     }

@@ -11,7 +11,7 @@
 use vm_memory::{Address, ByteValued, Bytes, GuestAddress};
 
 use crate::error::{Error, Result};
-use crate::memory::{range_valid, GuestMemory};
+use crate::memory::{host_ptr, range_valid, read_16, GuestMemory};
 
 const DESC_SIZE: u64 = 16;
 /// Descriptor flag (§2.7.5): the chain continues at `next`.
@@ -61,19 +61,55 @@ struct RawDesc {
     next: u16,
 }
 
-fn read_desc(mem: &GuestMemory, table: GuestAddress, index: u16) -> Result<RawDesc> {
+/// Host address of a whole descriptor table of `entries` entries, when it is inside one region
+/// and 8-byte aligned (descriptor reads are then two loads, no lookup).
+fn table_ptr(mem: &GuestMemory, table: GuestAddress, entries: u64) -> Option<*const u8> {
+    let p = host_ptr(mem, table, entries * DESC_SIZE)?;
+    (p as usize % 8 == 0).then_some(p as *const u8)
+}
+
+fn read_desc(
+    mem: &GuestMemory,
+    table: GuestAddress,
+    tptr: Option<*const u8>,
+    index: u16,
+) -> Result<RawDesc> {
+    if let Some(t) = tptr {
+        // SAFETY: `t` maps the whole table (table_ptr; the caller checked index < entries) and
+        // is 8-aligned; volatile because the guest may write it concurrently.
+        let (lo, hi) = unsafe {
+            let p = t.add(usize::from(index) * DESC_SIZE as usize);
+            (
+                std::ptr::read_volatile(p as *const u64),
+                std::ptr::read_volatile(p.add(8) as *const u64),
+            )
+        };
+        let hi = u64::from_le(hi);
+        return Ok(RawDesc {
+            addr: u64::from_le(lo),
+            len: hi as u32,
+            flags: (hi >> 32) as u16,
+            next: (hi >> 48) as u16,
+        });
+    }
     let addr = table
         .checked_add(u64::from(index) * DESC_SIZE)
         .ok_or(Error::BadAddress {
             addr: table.0,
             len: DESC_SIZE,
         })?;
-    let mut b = [0u8; 16];
-    mem.read_slice(&mut b, addr)
-        .map_err(|_| Error::BadAddress {
-            addr: addr.0,
-            len: DESC_SIZE,
-        })?;
+    let b = match read_16(mem, addr) {
+        Some(b) => b,
+        None => {
+            let mut b = [0u8; 16];
+            mem.read_slice(&mut b, addr)
+                .map_err(|_| Error::BadAddress {
+                    addr: addr.0,
+                    len: DESC_SIZE,
+                })?;
+            b
+        }
+    };
     let le16 = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
     Ok(RawDesc {
         addr: u64::from_le_bytes(b[0..8].try_into().expect("8 bytes")),
@@ -116,6 +152,7 @@ impl Chain {
         self.writable_len = 0;
         let chain = self;
         let mut table = table;
+        let mut tptr = table_ptr(mem, table, u64::from(queue_size));
         let mut size = queue_size;
         let mut index = head;
         // §2.7.5.2: a chain has at most as many descriptors as its table; more means a loop.
@@ -133,7 +170,7 @@ impl Chain {
                 });
             }
             ttl -= 1;
-            let d = read_desc(mem, table, index)?;
+            let d = read_desc(mem, table, tptr, index)?;
             if d.flags & F_INDIRECT != 0 {
                 let bad = |reason| Error::BadIndirect {
                     addr: d.addr,
@@ -164,6 +201,7 @@ impl Chain {
                     return Err(bad("table outside guest memory"));
                 }
                 table = GuestAddress(d.addr);
+                tptr = table_ptr(mem, table, entries);
                 size = entries as u16;
                 ttl = u32::from(size);
                 index = 0;
@@ -228,6 +266,21 @@ impl Chain {
         Reader {
             cursor: Cursor::new(&self.readable, self.readable_len),
         }
+    }
+
+    /// A cursor over the device-writable bytes but the last one, and the guest address of that
+    /// last byte (where virtio-blk puts its status): what `writer()` + `split_tail(.., 1)` +
+    /// `take_segments(1, ..)` give, without walking the segments. `None` when nothing is
+    /// writable.
+    pub fn writer_and_last_byte(&self) -> Option<(Writer<'_>, GuestAddress)> {
+        let last = self.writable.last()?;
+        let addr = GuestAddress(last.addr.0 + u64::from(last.len) - 1);
+        Some((
+            Writer {
+                cursor: Cursor::new(&self.writable, self.writable_len - 1),
+            },
+            addr,
+        ))
     }
 
     /// A cursor over the device-writable bytes.
@@ -328,6 +381,14 @@ impl Reader<'_> {
         let mut done = 0usize;
         self.cursor.take("read", buf.len() as u64, |s| {
             let end = done + s.len as usize;
+            if s.len == 16 {
+                // The common case: a whole 16-byte request header in one descriptor.
+                if let Some(b) = read_16(mem, s.addr) {
+                    buf[done..end].copy_from_slice(&b);
+                    done = end;
+                    return Ok(());
+                }
+            }
             mem.read_slice(&mut buf[done..end], s.addr)
                 .map_err(|source| Error::Memory {
                     addr: s.addr,

@@ -48,6 +48,7 @@ pub mod error;
 pub mod features;
 pub mod interrupt;
 pub mod memory;
+pub mod ring;
 pub mod state;
 pub mod status;
 pub mod transport;
