@@ -93,10 +93,12 @@ pub fn boundary(name: &str, f: impl FnOnce() -> CResult<i32>) -> i32 {
 /// Marks the current thread as running an embedder callback for the duration of `f`, so a
 /// vstor call made from inside it fails with `-EDEADLK` instead of deadlocking.
 pub fn in_callback<R>(f: impl FnOnce() -> R) -> R {
-    let was = IN_CALLBACK.with(|c| c.replace(true));
-    let r = f();
-    IN_CALLBACK.with(|c| c.set(was));
-    r
+    IN_CALLBACK.with(|c| {
+        let was = c.replace(true);
+        let r = f();
+        c.set(was);
+        r
+    })
 }
 
 /// The message of the last failed vstor call on this thread ("" if none failed yet). The

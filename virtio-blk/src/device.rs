@@ -21,6 +21,8 @@ struct ActiveQueue {
 
 struct Active {
     mem: GuestMemoryAtomic,
+    /// The current map, refreshed by `memory_changed` (saves an arc-swap load per kick).
+    current: Arc<vstor_virtio_core::GuestMemory>,
     interrupt: Arc<dyn Interrupt>,
     queues: Vec<Option<ActiveQueue>>,
 }
@@ -58,8 +60,10 @@ impl VirtioBlk {
         q: u16,
         f: impl FnOnce(&mut ActiveQueue, &Arc<vstor_virtio_core::GuestMemory>) -> crate::Result<bool>,
     ) -> vstor_virtio_core::Result<()> {
-        let not_ready = vstor_virtio_core::Error::NotReady("device not activated");
-        let active = self.active.as_mut().ok_or(not_ready)?;
+        let active = self
+            .active
+            .as_mut()
+            .ok_or(vstor_virtio_core::Error::NotReady("device not activated"))?;
         let aq = active
             .queues
             .get_mut(usize::from(q))
@@ -68,8 +72,7 @@ impl VirtioBlk {
                 queue: q,
                 reason: "no such queue or queue not enabled".into(),
             })?;
-        let mem = active.mem.memory().into_inner();
-        match f(aq, &mem) {
+        match f(aq, &active.current) {
             Ok(true) => active.interrupt.trigger(InterruptKind::Queue(q)),
             Ok(false) => Ok(()),
             Err(Error::NeedsReset { .. }) | Err(Error::Queue { .. }) => {
@@ -130,6 +133,7 @@ impl VirtioDevice for VirtioBlk {
             queues.push(Some(ActiveQueue { queue, handler }));
         }
         self.active = Some(Active {
+            current: ctx.mem.memory().into_inner(),
             mem: ctx.mem,
             interrupt: ctx.interrupt,
             queues,
@@ -179,6 +183,12 @@ impl VirtioDevice for VirtioBlk {
                 .writeback
                 .unwrap_or(!self.shared.dev().info().cache.write_through()),
         );
+    }
+
+    fn memory_changed(&mut self) {
+        if let Some(a) = self.active.as_mut() {
+            a.current = a.mem.memory().into_inner();
+        }
     }
 
     fn quiesce(&mut self) -> vstor_virtio_core::Result<()> {

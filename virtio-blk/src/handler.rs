@@ -106,6 +106,8 @@ pub struct BlkQueueHandler {
     queue_index: u16,
     limits: ChainLimits,
     io: Box<dyn IoQueue>,
+    /// `io.depth()`, fixed for the queue's life (read on every pop).
+    io_depth: usize,
     slab: Slab,
     completions: Vec<Completion>,
     /// Used-ring entries added since the last notification check.
@@ -137,6 +139,7 @@ impl BlkQueueHandler {
             depth: size + max_parts,
         })?;
         Ok(BlkQueueHandler {
+            io_depth: io.depth(),
             shared,
             queue_index,
             limits: ChainLimits {
@@ -192,7 +195,7 @@ impl BlkQueueHandler {
     }
 
     fn full(&self) -> bool {
-        self.slab.is_full() || self.io.in_flight() + self.max_parts > self.io.depth()
+        self.slab.is_full() || self.io.in_flight() + self.max_parts > self.io_depth
     }
 
     /// Takes every available request, submits it, and returns whether the driver must be

@@ -104,6 +104,10 @@ pub trait VirtioDevice: Send {
     /// Returns to the initial state: waits for requests in flight, drops the queues.
     fn reset(&mut self);
 
+    /// The transport replaced guest memory (hotplug): a device that caches the current map
+    /// must reload it from the `GuestMemoryAtomic` it was activated with.
+    fn memory_changed(&mut self) {}
+
     /// Waits until no request is in flight (before guest memory is removed, for example),
     /// completing them into the used rings. The device stays live.
     fn quiesce(&mut self) -> Result<()> {

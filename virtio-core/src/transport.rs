@@ -215,6 +215,7 @@ impl Transport {
     pub fn set_memory(&mut self, mem: GuestMemory) {
         let guard = self.mem.lock().expect("guest memory lock poisoned");
         guard.replace(mem);
+        self.device.memory_changed();
     }
 
     /// Waits until no request is in flight (before guest memory is removed); the device stays
