@@ -66,4 +66,7 @@ tests/guest/run-blk.sh --backend vstor
 step "benchmark smoke run against qemu-storage-daemon"
 benches/scripts/compare-qsd.sh --quick
 
+step "benchmark smoke run: C ABI cost per request (ns, callgrind instructions)"
+benches/scripts/capi-bench.sh --quick
+
 step "all tests passed"
