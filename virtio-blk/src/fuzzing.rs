@@ -6,7 +6,9 @@
 //!   [`MemoryDev`](vstor_blockdev::memory::MemoryDev), run through
 //!   [`Harness::run`](crate::mock::Harness::run);
 //! - [`chain::walk`]: virtio-core's `Chain::walk` and its `Reader` / `Writer` over arbitrary
-//!   memory, against an independent model.
+//!   memory, against an independent model;
+//! - [`transport()`]: virtio-core's `Transport` (status, features, queues, memory swaps,
+//!   save/restore with corrupted blobs) around a `VirtioBlk`.
 //!
 //! Both are deterministic and bounded (no sleeps; the memory device completes synchronously)
 //! and panic, naming the invariant, when one fails.
@@ -31,8 +33,10 @@ use vstor_virtio_core::GuestMemory;
 pub mod chain;
 mod expect;
 mod request;
+mod transport;
 
 pub use request::{blk_request, Stats};
+pub use transport::{transport, TransportStats};
 
 const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;

@@ -110,26 +110,31 @@ impl Transport {
                         reason: "FEATURES_OK without a feature selection (VERSION_1 required)",
                     });
                 }
-                self.status = value & !status::NEEDS_RESET;
                 if value & status::DRIVER_OK != 0 {
-                    self.activate()?;
+                    return self.go_live(value);
                 }
-                Ok(())
-            }
-            StatusChange::DriverOk => {
-                let before = self.status;
                 self.status = value & !status::NEEDS_RESET;
-                if let Err(e) = self.activate() {
-                    self.status = before | status::NEEDS_RESET;
-                    return Err(e);
-                }
                 Ok(())
             }
+            StatusChange::DriverOk => self.go_live(value),
             StatusChange::Other => {
                 self.status = value & !status::NEEDS_RESET;
                 Ok(())
             }
         }
+    }
+
+    /// Sets DRIVER_OK (with the other bits of `value`) and activates; on failure the status
+    /// keeps its old bits plus DEVICE_NEEDS_RESET, so the status says live exactly when the
+    /// device is.
+    fn go_live(&mut self, value: u8) -> Result<()> {
+        let before = self.status;
+        self.status = value & !status::NEEDS_RESET;
+        if let Err(e) = self.activate() {
+            self.status = (before | value) & !status::DRIVER_OK | status::NEEDS_RESET;
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Reads device configuration space.
@@ -276,7 +281,7 @@ impl Transport {
         }
         Ok(DeviceState {
             device_type: self.device.device_type() as u32,
-            status: self.status,
+            status: self.status(),
             features: self.features.acked(),
             config_generation: self.device.config_generation(),
             queues,
@@ -287,7 +292,8 @@ impl Transport {
 
     /// Restores what [`Transport::save`] produced on a device of the same type and queue
     /// count; guest memory must be registered first. The device is reset before loading, and
-    /// activated again when the saved status had DRIVER_OK.
+    /// activated again when the saved status had DRIVER_OK (a device saved with
+    /// DEVICE_NEEDS_RESET comes back with that bit, not live, waiting for the driver's reset).
     pub fn restore(&mut self, blob: &[u8]) -> Result<()> {
         // Reset first, so a refused blob leaves the device reset whatever was wrong with it.
         self.reset();
@@ -306,9 +312,6 @@ impl Transport {
                 self.queues.len()
             )));
         }
-        if st.status & status::NEEDS_RESET != 0 {
-            return Err(Error::State("saved status has DEVICE_NEEDS_RESET".into()));
-        }
         let result = self.load(&st);
         if result.is_err() {
             self.reset();
@@ -324,6 +327,20 @@ impl Transport {
             }
         }
         self.device.restore_state(&st.device)?;
+        if st.status & status::NEEDS_RESET != 0 {
+            // Saved broken: the driver must reset it anyway (§2.1.2). Keep the bits it has
+            // seen (checked like any status write), but not live.
+            let bits = st.status & !(status::DRIVER_OK | status::NEEDS_RESET);
+            status::transition(0, bits)?;
+            if bits & status::FEATURES_OK != 0 {
+                if self.features.acked() == 0 {
+                    return Err(Error::State("FEATURES_OK saved without features".into()));
+                }
+                self.device.check_features(self.features.acked())?;
+            }
+            self.status = bits | status::NEEDS_RESET;
+            return Ok(());
+        }
         self.resume = Some(
             st.queues
                 .iter()

@@ -152,6 +152,32 @@ fn chain_random_inputs() {
 }
 
 #[test]
+fn transport_seed_corpus() {
+    let (mut live, mut kicks, mut trips) = (0, 0, 0);
+    for (path, data) in corpus("virtio_transport") {
+        let s = run_named(&path.display().to_string(), &data, transport);
+        live += usize::from(s.live_steps > 0);
+        kicks += s.kicks;
+        trips += usize::from(s.round_trip);
+    }
+    // The seeds must reach the live device, not only the refusals.
+    assert!(
+        live >= 6 && kicks >= 5 && trips >= 6,
+        "live {live} kicks {kicks} trips {trips}"
+    );
+}
+
+#[test]
+fn transport_random_inputs() {
+    for (i, data) in random_inputs("virtio_transport", 0x7a5, 1500)
+        .iter()
+        .enumerate()
+    {
+        run_named(&format!("transport random #{i}"), data, transport);
+    }
+}
+
+#[test]
 fn empty_and_tiny_inputs() {
     for n in 0..8 {
         let data = vec![0xffu8; n];
