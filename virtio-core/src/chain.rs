@@ -11,7 +11,7 @@
 use vm_memory::{Address, ByteValued, Bytes, GuestAddress};
 
 use crate::error::{Error, Result};
-use crate::memory::{host_ptr, range_valid, read_16, GuestMemory};
+use crate::memory::{host_ptr, range_valid, read_16, GuestMemory, RegionHint};
 
 const DESC_SIZE: u64 = 16;
 /// Descriptor flag (§2.7.5): the chain continues at `next`.
@@ -153,6 +153,7 @@ impl Chain {
         let chain = self;
         let mut table = table;
         let mut tptr = table_ptr(mem, table, u64::from(queue_size));
+        let mut hint = RegionHint::default();
         let mut size = queue_size;
         let mut index = head;
         // §2.7.5.2: a chain has at most as many descriptors as its table; more means a loop.
@@ -209,7 +210,7 @@ impl Chain {
                 continue;
             }
             if d.len > 0 {
-                if !range_valid(mem, GuestAddress(d.addr), u64::from(d.len)) {
+                if !hint.range_valid(mem, GuestAddress(d.addr), u64::from(d.len)) {
                     return Err(Error::BadAddress {
                         addr: d.addr,
                         len: u64::from(d.len),
