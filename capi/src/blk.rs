@@ -126,7 +126,7 @@ pub unsafe extern "C" fn vstor_blk_new(
             routes,
             c.flags & VSTOR_DEVICE_WORKER_THREADS != 0,
         )?;
-        let key = DEVICES.insert(Arc::new(device));
+        let key = DEVICES.insert(Arc::new(device))?;
         // SAFETY: `out` is non-NULL and writable (caller contract).
         unsafe { *out = key as *mut vstor_device };
         Ok(0)

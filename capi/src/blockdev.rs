@@ -15,8 +15,7 @@ pub struct vstor_blockdev {
     _opaque: [u8; 0],
 }
 
-pub(crate) static BLOCKDEVS: Registry<Arc<dyn BlockDev>> =
-    Registry::new("block device", 0x1000_0000);
+pub(crate) static BLOCKDEVS: Registry<Arc<dyn BlockDev>> = Registry::new("block device", 1);
 
 /// `vstor_blockdev_opts.flags`: refuse writes.
 pub const VSTOR_BDEV_READ_ONLY: u32 = 1 << 0;
@@ -200,7 +199,7 @@ pub unsafe extern "C" fn vstor_blockdev_open(
         // SAFETY: as above for `o.format`.
         let format = unsafe { c_str(o.format, "vstor_blockdev_opts.format") }?;
         let dev = ::vstor_blockdev::open(path, &open_options(&o, format)?)?;
-        let key = BLOCKDEVS.insert(Arc::new(dev));
+        let key = BLOCKDEVS.insert(Arc::new(dev))?;
         // SAFETY: `out` is non-NULL and writable (caller contract).
         unsafe { *out = key as *mut vstor_blockdev };
         Ok(0)

@@ -18,7 +18,7 @@ pub struct vstor_device {
     _opaque: [u8; 0],
 }
 
-pub(crate) static DEVICES: Registry<Device> = Registry::new("device", 0x2000_0000);
+pub(crate) static DEVICES: Registry<Device> = Registry::new("device", 2);
 
 /// One registered guest memory region: `(gpa, len, hva)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
