@@ -468,6 +468,24 @@ impl BlkQueueHandler {
                 data_len,
                 then_flush,
             } => {
+                let parts = match parts {
+                    Parts::One(p) if !then_flush => {
+                        let Some(tag) = self.slab.peek_free() else {
+                            // Unreachable while `full()` gates popping.
+                            return self.finish(queue, mem, head, status_addr, S_IOERR, 1);
+                        };
+                        return self.submit_direct(
+                            queue,
+                            mem,
+                            tag,
+                            p,
+                            head,
+                            status_addr,
+                            data_len + 1,
+                        );
+                    }
+                    other => other,
+                };
                 let rec = Inflight {
                     head,
                     status_addr,
@@ -708,20 +726,75 @@ impl BlkQueueHandler {
         }
     }
 
-    fn on_result(
-        &mut self,
-        queue: &mut Queue,
-        tag: u64,
-        result: vstor_blockdev::Result<()>,
-    ) -> Result<()> {
-        let status = match &result {
+    /// The virtio status for a block-layer result.
+    fn status_of(&self, result: &vstor_blockdev::Result<()>) -> u8 {
+        match result {
             Ok(()) => S_OK,
             Err(vstor_blockdev::Error::Unsupported { .. }) => S_UNSUPP,
             Err(e) => {
                 log::warn!("virtio-blk queue {}: {e}", self.queue_index);
                 S_IOERR
             }
+        }
+    }
+
+    /// A single-part request without a follow-up flush: submitted before it gets an in-flight
+    /// record, so one that the engine completes at once (null, memory, validation errors)
+    /// costs no slab entry and no guest-memory `Arc` clone. One that is queued gets its record
+    /// under the tag it was submitted with (the slab hands out the tag it showed), holding the
+    /// memory map; until then the caller's `mem` keeps the map alive.
+    #[allow(clippy::too_many_arguments)] // the in-flight record's fields, before it exists
+    fn submit_direct(
+        &mut self,
+        queue: &mut Queue,
+        mem: &Arc<GuestMemory>,
+        tag: u64,
+        p: Part,
+        head: u16,
+        status_addr: GuestAddress,
+        used_len: u32,
+    ) -> Result<()> {
+        let mut req = IoRequest {
+            op: p.op,
+            offset: p.offset,
+            len: p.len,
+            iovecs: p.iovecs,
+            tag,
         };
+        let submitted = self.io.submit_ref(&mut req);
+        if req.iovecs.capacity() > 0 {
+            self.spare_iovecs = req.iovecs;
+        }
+        let result = match submitted {
+            Ok(Submitted::Queued) => {
+                let rec = Inflight {
+                    head,
+                    status_addr,
+                    used_len,
+                    remaining: 1,
+                    status: S_OK,
+                    then_flush: false,
+                    mem: mem.clone(),
+                };
+                let got = self.slab.insert(rec);
+                debug_assert_eq!(got, Some(tag), "slab handed out another tag");
+                return Ok(());
+            }
+            Ok(Submitted::Done(r)) => r,
+            Err(e) => Err(e),
+        };
+        let status = self.status_of(&result);
+        let used = if status == S_OK { used_len } else { 1 };
+        self.finish(queue, mem, head, status_addr, status, used)
+    }
+
+    fn on_result(
+        &mut self,
+        queue: &mut Queue,
+        tag: u64,
+        result: vstor_blockdev::Result<()>,
+    ) -> Result<()> {
+        let status = self.status_of(&result);
         let Some(rec) = self.slab.get_mut(tag) else {
             log::error!("virtio-blk: completion for unknown tag {tag}");
             return Ok(());

@@ -47,6 +47,11 @@ impl Slab {
         self.free.is_empty()
     }
 
+    /// The tag the next [`Slab::insert`] will return, if there is room.
+    pub fn peek_free(&self) -> Option<u64> {
+        self.free.last().map(|&t| u64::from(t))
+    }
+
     pub fn insert(&mut self, r: Inflight) -> Option<u64> {
         let tag = self.free.pop()?;
         self.slots[tag as usize] = Some(r);
