@@ -509,7 +509,10 @@ impl BlkQueueHandler {
         }
     }
 
-    fn submit_part(&mut self, queue: &mut Queue, tag: u64, p: Part) -> Result<()> {
+    /// Hands one part to the engine: `None` when it is queued (its completion comes from
+    /// `reap`), else the result of a request the engine finished (or refused) at once.
+    #[inline(always)] // on every request's path; two callers
+    fn issue(&mut self, tag: u64, p: Part) -> Option<vstor_blockdev::Result<()>> {
         let mut req = IoRequest {
             op: p.op,
             offset: p.offset,
@@ -523,9 +526,16 @@ impl BlkQueueHandler {
             self.spare_iovecs = req.iovecs;
         }
         match submitted {
-            Ok(Submitted::Queued) => Ok(()),
-            Ok(Submitted::Done(r)) => self.on_result(queue, tag, r),
-            Err(e) => self.on_result(queue, tag, Err(e)),
+            Ok(Submitted::Queued) => None,
+            Ok(Submitted::Done(r)) => Some(r),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    fn submit_part(&mut self, queue: &mut Queue, tag: u64, p: Part) -> Result<()> {
+        match self.issue(tag, p) {
+            None => Ok(()),
+            Some(r) => self.on_result(queue, tag, r),
         }
     }
 
@@ -754,34 +764,19 @@ impl BlkQueueHandler {
         status_addr: GuestAddress,
         used_len: u32,
     ) -> Result<()> {
-        let mut req = IoRequest {
-            op: p.op,
-            offset: p.offset,
-            len: p.len,
-            iovecs: p.iovecs,
-            tag,
-        };
-        let submitted = self.io.submit_ref(&mut req);
-        if req.iovecs.capacity() > 0 {
-            self.spare_iovecs = req.iovecs;
-        }
-        let result = match submitted {
-            Ok(Submitted::Queued) => {
-                let rec = Inflight {
-                    head,
-                    status_addr,
-                    used_len,
-                    remaining: 1,
-                    status: S_OK,
-                    then_flush: false,
-                    mem: mem.clone(),
-                };
-                let got = self.slab.insert(rec);
-                debug_assert_eq!(got, Some(tag), "slab handed out another tag");
-                return Ok(());
-            }
-            Ok(Submitted::Done(r)) => r,
-            Err(e) => Err(e),
+        let Some(result) = self.issue(tag, p) else {
+            let rec = Inflight {
+                head,
+                status_addr,
+                used_len,
+                remaining: 1,
+                status: S_OK,
+                then_flush: false,
+                mem: mem.clone(),
+            };
+            let got = self.slab.insert(rec);
+            debug_assert_eq!(got, Some(tag), "slab handed out another tag");
+            return Ok(());
         };
         let status = self.status_of(&result);
         let used = if status == S_OK { used_len } else { 1 };
