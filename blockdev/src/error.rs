@@ -86,6 +86,16 @@ pub enum Error {
         /// The queue depth.
         depth: usize,
     },
+    /// An image's metadata is invalid: `field` names the header field, table or entry at fault.
+    #[error("{image}: invalid {field}: {reason}")]
+    Corrupt {
+        /// The image file (path or description).
+        image: String,
+        /// The field, table or entry at fault (e.g. "header.l1_size", "L2 entry for offset 0x10000").
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Setting up an I/O engine failed.
     #[error("cannot set up {engine} engine: {source}")]
     Engine {
@@ -109,8 +119,18 @@ impl Error {
                 libc::EINVAL
             }
             Error::ReadOnly { .. } => libc::EROFS,
+            Error::Corrupt { .. } => libc::EIO,
             Error::Unsupported { .. } => libc::ENOTSUP,
             Error::QueueFull { .. } => libc::EAGAIN,
+        }
+    }
+
+    /// Builds an [`Error::Corrupt`].
+    pub fn corrupt(image: &str, field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Corrupt {
+            image: image.to_string(),
+            field: field.into(),
+            reason: reason.into(),
         }
     }
 

@@ -67,3 +67,33 @@ impl IoVec {
             .try_fold(0u64, |acc, v| acc.checked_add(v.len as u64))
     }
 }
+
+/// Copies `src` into the buffers of `iovs` in order (as much as both hold).
+pub fn scatter(iovs: &[IoVec], src: &[u8]) {
+    let mut pos = 0;
+    for v in iovs {
+        let n = v.len().min(src.len() - pos);
+        // SAFETY: whoever built the IoVec vouched for `len` writable bytes (IoVec::new); `n` is
+        // within both the buffer and `src`, and the two do not overlap (src is host memory the
+        // caller owns).
+        unsafe { std::ptr::copy_nonoverlapping(src[pos..].as_ptr(), v.as_ptr(), n) };
+        pos += n;
+        if pos == src.len() {
+            break;
+        }
+    }
+}
+
+/// Copies the buffers of `iovs` in order into `dst` (as much as both hold).
+pub fn gather(iovs: &[IoVec], dst: &mut [u8]) {
+    let mut pos = 0;
+    for v in iovs {
+        let n = v.len().min(dst.len() - pos);
+        // SAFETY: as in `scatter`, the IoVec is readable for `len` bytes and `n` fits both.
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), dst[pos..].as_mut_ptr(), n) };
+        pos += n;
+        if pos == dst.len() {
+            break;
+        }
+    }
+}

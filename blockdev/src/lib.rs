@@ -33,9 +33,12 @@ pub mod types;
 
 pub mod engine;
 pub mod file;
+pub mod image;
 pub mod memory;
 pub mod null;
 pub mod open;
+pub mod probe;
+pub mod qcow2;
 
 pub use aligned::AlignedBuf;
 pub use error::{Error, Result};
@@ -43,4 +46,4 @@ pub use file::FileDev;
 pub use iovec::IoVec;
 pub use open::{open, OpenOptions};
 pub use request::{Completion, IoOp, IoQueue, IoRequest, Submitted};
-pub use types::{BlockDev, BlockInfo, BlockStatus, CacheMode, EngineKind, QueueOptions};
+pub use types::{BlockDev, BlockInfo, BlockStatus, CacheMode, EngineKind, MapExtent, QueueOptions};

@@ -16,7 +16,8 @@ pub struct OpenOptions {
     pub cache: CacheMode,
     /// I/O engine for file-backed devices.
     pub engine: EngineKind,
-    /// Image format; `None` probes. Only "raw" exists so far.
+    /// Image format ("raw", "qcow2"); `None` probes (a probed raw device refuses writes that
+    /// would make block 0 look like an image format).
     pub format: Option<String>,
     /// null devices: reads fill buffers with zeroes (QEMU null-co `read-zeroes=on`).
     pub read_zeroes: bool,
@@ -27,9 +28,9 @@ pub struct OpenOptions {
 /// Opens `name`:
 /// - `null:<size>` — a null device of `<size>` bytes (suffixes K, M, G, T),
 /// - `memory:<size>` — a zero-filled in-memory device,
-/// - anything else — a path to a regular file or host block device ([`crate::file::FileDev`]).
-///
-/// `opts.format` must be `None` or `Some("raw")`; any other format is `Error::Unsupported`.
+/// - anything else — a path to an image: a regular file or host block device
+///   ([`crate::file::FileDev`]) in the format `opts.format` names or the probe finds
+///   ([`crate::probe`]): raw or qcow2 ([`crate::qcow2::Qcow2Dev`]).
 pub fn open(name: &str, opts: &OpenOptions) -> Result<Arc<dyn BlockDev>> {
     crate::file::open_by_name(name, opts)
 }

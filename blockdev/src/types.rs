@@ -164,6 +164,25 @@ pub struct BlockStatus {
     pub zero: bool,
 }
 
+/// Where a range of a device's content comes from, as `qemu-img map` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapExtent {
+    /// Length in bytes of the run starting at the queried offset.
+    pub len: u64,
+    /// The run holds data (not known to be zeroes).
+    pub data: bool,
+    /// The run reads as zeroes.
+    pub zero: bool,
+    /// The run is allocated in some layer of the chain (data or an explicit zero).
+    pub present: bool,
+    /// Host offset of the data in the file of the layer that holds it, when it has one.
+    pub offset: Option<u64>,
+    /// Chain layer the run comes from (0: this device, 1: its backing file, ...).
+    pub depth: u32,
+    /// The data is compressed.
+    pub compressed: bool,
+}
+
 /// Options for a new [`IoQueue`].
 #[derive(Debug, Clone, Copy)]
 pub struct QueueOptions {
@@ -197,6 +216,26 @@ pub trait BlockDev: Send + Sync {
 
     /// Makes every completed write durable.
     fn flush(&self) -> Result<()>;
+
+    /// Image format name ("raw", "qcow2").
+    fn format_name(&self) -> &'static str {
+        "raw"
+    }
+
+    /// Where the range starting at `offset` (at most `len` bytes) comes from. Protocols report
+    /// their own offsets (raw: host offset = guest offset), from [`BlockDev::block_status`].
+    fn map(&self, offset: u64, len: u64) -> Result<MapExtent> {
+        let s = self.block_status(offset, len)?;
+        Ok(MapExtent {
+            len: s.len,
+            data: s.allocated && !s.zero,
+            zero: s.zero,
+            present: true,
+            offset: Some(offset),
+            depth: 0,
+            compressed: false,
+        })
+    }
 
     /// Allocation status of the range starting at `offset` (at most `len` bytes).
     fn block_status(&self, offset: u64, len: u64) -> Result<BlockStatus> {

@@ -50,7 +50,8 @@ pub struct vstor_blockdev_opts {
     pub size: u32,
     /// `VSTOR_BDEV_*` bits.
     pub flags: u32,
-    /// Image format ("raw"), or NULL to probe.
+    /// Image format ("raw" or "qcow2"), or NULL to probe (a probed raw image refuses writes that
+    /// would make its first sector look like an image format).
     pub format: *const c_char,
     /// `VSTOR_CACHE_*`.
     pub cache_mode: u32,

@@ -1,7 +1,7 @@
 //! `vstor serve`: vhost-user backends.
 //!
 //! ```text
-//! vstor serve blk [--image PATH] [--format raw] [--socket PATH] [--queues N] [--queue-size N]
+//! vstor serve blk [--image PATH] [--format raw|qcow2] [--socket PATH] [--queues N] [--queue-size N]
 //!                 [--read-only] [--cache MODE] [--aio auto|io_uring|threads] [--poll-us US]
 //!                 [--serial S]
 //! ```
@@ -35,7 +35,8 @@ pub struct BlkArgs {
     /// it, a 1 GiB sparse raw file is created (if absent) in $XDG_RUNTIME_DIR or /tmp and served.
     #[arg(long, value_name = "PATH")]
     image: Option<String>,
-    /// Image format: only `raw` so far. Without it the format is probed.
+    /// Image format: `raw` or `qcow2`. Without it the format is probed (a probed raw image
+    /// refuses guest writes that would make its first sector look like an image format).
     #[arg(long, value_name = "FORMAT")]
     format: Option<String>,
     /// Unix socket to listen on.
@@ -96,9 +97,9 @@ impl BlkArgs {
     /// when no image is given).
     fn to_options(&self) -> Result<ServeBlkOptions, String> {
         if let Some(format) = &self.format {
-            if format != "raw" {
+            if !["raw", "qcow2"].contains(&format.as_str()) {
                 return Err(format!(
-                    "unsupported image format '{format}': only raw is supported"
+                    "unsupported image format '{format}': raw and qcow2 are supported"
                 ));
             }
         }
@@ -233,9 +234,11 @@ mod tests {
 
     #[test]
     fn refuses_other_formats_and_bad_values() {
-        let a = parse(&["blk", "--image", "x.qcow2", "--format", "qcow2"]).unwrap();
+        let a = parse(&["blk", "--image", "x.vmdk", "--format", "vmdk"]).unwrap();
         let err = a.to_options().unwrap_err();
-        assert!(err.contains("qcow2"), "{err}");
+        assert!(err.contains("vmdk"), "{err}");
+        let q = parse(&["blk", "--image", "x.qcow2", "--format", "qcow2"]).unwrap();
+        assert_eq!(q.to_options().unwrap().open.format.as_deref(), Some("qcow2"));
         assert!(parse(&["blk", "--cache", "sometimes"]).is_err());
         assert!(parse(&["blk", "--aio", "posix"]).is_err());
         assert!(parse(&["blk", "--queues", "-1"]).is_err());

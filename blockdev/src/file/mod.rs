@@ -64,14 +64,19 @@ pub fn parse_size(s: &str) -> Result<u64> {
 
 /// Opens a named device (see [`crate::open::open`]).
 pub(crate) fn open_by_name(name: &str, opts: &OpenOptions) -> Result<Arc<dyn BlockDev>> {
+    let protocol = name.starts_with("null:") || name.starts_with("memory:");
     match opts.format.as_deref() {
         None | Some("raw") => {}
-        Some(f) => {
+        Some(f) if protocol => {
             return Err(Error::Unsupported {
                 op: "open",
-                what: format!("{name}: image format {f:?} (only raw exists)"),
+                what: format!(
+                    "{name}: image format {f:?} on a {} device",
+                    &name[..name.find(':').unwrap_or(0)]
+                ),
             })
         }
+        Some(_) => {}
     }
     if let Some(size) = name.strip_prefix("null:") {
         return Ok(Arc::new(NullDev::new(
@@ -92,7 +97,7 @@ pub(crate) fn open_by_name(name: &str, opts: &OpenOptions) -> Result<Arc<dyn Blo
             },
         )?));
     }
-    Ok(Arc::new(FileDev::open(name, opts)?))
+    crate::probe::open_path(Path::new(name), opts)
 }
 
 /// A regular file or host block device.
@@ -120,7 +125,54 @@ impl FileDev {
     /// `opts.engine` and `opts.logical_block_size`. The format is not looked at here (see
     /// [`crate::open::open`]). Errors name the path.
     pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<FileDev> {
-        let path = path.as_ref();
+        Self::open_with(path.as_ref(), opts, false)
+    }
+
+    /// Opens `path` as the file under a format: offsets are not limited to the size at open
+    /// (writes past the end grow the file, reads there return zeroes). See
+    /// [`crate::image::FileImage`].
+    pub fn open_unbounded(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<FileDev> {
+        Self::open_with(path.as_ref(), opts, true)
+    }
+
+    /// The file's current length in bytes (block devices: their size).
+    pub fn host_len(&self) -> Result<u64> {
+        let open_err = |source| Error::Open {
+            path: self.core.path.clone(),
+            source,
+        };
+        match self.core.kind {
+            HostKind::Regular => Ok(self.core.file.metadata().map_err(open_err)?.len()),
+            HostKind::BlockDevice => host::blk_size(&self.core.file).map_err(open_err),
+        }
+    }
+
+    /// Truncates or extends a regular file (block devices refuse).
+    pub fn set_host_len(&self, len: u64) -> Result<()> {
+        if self.core.info.read_only {
+            return Err(Error::ReadOnly { op: "truncate" });
+        }
+        if self.core.kind != HostKind::Regular {
+            return Err(Error::Unsupported {
+                op: "truncate",
+                what: format!("host block device {}", self.core.path.display()),
+            });
+        }
+        self.core
+            .file
+            .set_len(len)
+            .map_err(|e| Error::io("truncate", len, 0, e))
+    }
+
+    /// Deallocates a range (advisory, see [`BlockDev`] discard).
+    pub fn discard_range(&self, offset: u64, len: u64) -> Result<()> {
+        if self.core.info.read_only {
+            return Err(Error::ReadOnly { op: "discard" });
+        }
+        self.core.discard(offset, len)
+    }
+
+    fn open_with(path: &Path, opts: &OpenOptions, unbounded: bool) -> Result<FileDev> {
         let open_err = |source| Error::Open {
             path: path.to_path_buf(),
             source,
@@ -185,6 +237,7 @@ impl FileDev {
         };
         let a = u64::from(lbs);
         let size = match kind {
+            _ if unbounded => crate::image::MAX_IMAGE_FILE_SIZE,
             // A file's partial last block reads as zeroes past the end (as in QEMU).
             HostKind::Regular => round_up(host_len, a),
             HostKind::BlockDevice => host_len / a * a,
