@@ -424,6 +424,7 @@ pub(crate) fn snapshot_extents(
     let name = file.name();
     let mut at = hdr.snapshots_offset;
     let mut l1s = Vec::new();
+    let mut raw_end = at;
     for i in 0..hdr.nb_snapshots {
         let field = || format!("snapshot table entry {i}");
         if at - hdr.snapshots_offset > MAX_SNAPSHOT_TABLE {
@@ -464,14 +465,13 @@ pub(crate) fn snapshot_extents(
             file.len()?,
         )?;
         l1s.push((l1_off, l1_size));
-        at += (40 + extra + id_len + name_len).div_ceil(8) * 8;
+        let entry = 40 + extra + id_len + name_len;
+        // The last entry's padding need not exist in the file.
+        raw_end = at + entry;
+        at += entry.div_ceil(8) * 8;
     }
     let len = at - hdr.snapshots_offset;
-    if hdr
-        .snapshots_offset
-        .checked_add(len)
-        .is_none_or(|end| end > file.len().unwrap_or(0))
-    {
+    if raw_end > file.len()? {
         return Err(Error::corrupt(
             name,
             "header.snapshots_offset",
