@@ -127,7 +127,9 @@ fn workload(dev: &Qcow2Dev, model: &mut [u8], seed: u64, ops: usize) {
     }
     let mut all = vec![0u8; SIZE as usize];
     dev.read_at(&mut all, 0).unwrap();
-    assert!(all == model, "final read-back");
+    if let Some(i) = (0..all.len()).find(|&i| all[i] != model[i]) {
+        panic!("final read-back differs at {i:#x}: {} != {}", all[i], model[i]);
+    }
     dev.flush().unwrap();
 }
 
@@ -472,4 +474,44 @@ fn probing_and_the_block_zero_guard() {
     drop(d);
     let d = vstor_blockdev::open(raw.to_str().unwrap(), &OpenOptions::default()).unwrap();
     assert_eq!(d.format_name(), "qcow2");
+}
+
+#[test]
+fn external_data_files_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    for raw in [false, true] {
+        let p = dir.path().join(format!("e{raw}.qcow2"));
+        let opts = CreateOptions {
+            size: SIZE,
+            // Absolute: qemu-img resolves a relative data-file name against its working directory.
+            data_file: Some(
+                dir.path()
+                    .join(format!("e{raw}.data"))
+                    .to_str()
+                    .unwrap()
+                    .into(),
+            ),
+            data_file_raw: raw,
+            ..Default::default()
+        };
+        create_path(&p, &opts).unwrap();
+        check_clean(&p);
+        let o = Command::new("qemu-io")
+            .args(["-c", "write -P 0x42 1M 100k", p.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let mut model = vec![0u8; SIZE as usize];
+        model[1 << 20..(1 << 20) + 100 * 1024].fill(0x42);
+        {
+            let dev = open(&p);
+            workload(&dev, &mut model, 40 + raw as u64, 120);
+        }
+        check_clean(&p);
+        assert!(qemu_content(&p) == model, "data file (raw={raw})");
+        if raw {
+            let data = std::fs::read(dir.path().join("etrue.data")).unwrap();
+            assert!(data == model, "a raw data file holds the disk as it is");
+        }
+    }
 }

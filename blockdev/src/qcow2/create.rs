@@ -232,7 +232,8 @@ pub fn create(file: &dyn ImageFile, opts: &CreateOptions) -> Result<()> {
     }
     hdr.l1_size = l1_size as u32;
     let l1_clusters = (l1_size * 8).div_ceil(cs);
-    let prealloc = opts.preallocation != Preallocation::Off;
+    // A raw data file maps every cluster from the start (guest offset = host offset).
+    let prealloc = opts.preallocation != Preallocation::Off || opts.data_file_raw;
     let (l2_clusters, data_clusters) = if prealloc {
         let data = if opts.data_file.is_some() {
             0
@@ -296,14 +297,7 @@ pub fn create(file: &dyn ImageFile, opts: &CreateOptions) -> Result<()> {
             let e = (l2_off + i * cs) | COPIED;
             l1[(i * 8) as usize..(i * 8 + 8) as usize].copy_from_slice(&e.to_be_bytes());
         }
-        write_l2_tables(
-            file,
-            &hdr,
-            l2_off,
-            data_off,
-            data_clusters,
-            opts.data_file_raw,
-        )?;
+        write_l2_tables(file, &hdr, l2_off, data_off)?;
     }
     file.write_at(&l1, l1_off)?;
     let end = data_off + data_clusters * cs;
@@ -326,14 +320,8 @@ pub fn create(file: &dyn ImageFile, opts: &CreateOptions) -> Result<()> {
 }
 
 /// Writes preallocated L2 tables mapping every guest cluster to its data cluster.
-fn write_l2_tables(
-    file: &dyn ImageFile,
-    hdr: &Header,
-    l2_off: u64,
-    data_off: u64,
-    data_clusters: u64,
-    raw: bool,
-) -> Result<()> {
+fn write_l2_tables(file: &dyn ImageFile, hdr: &Header, l2_off: u64, data_off: u64) -> Result<()> {
+    let external = hdr.has_data_file();
     let cs = hdr.cluster_size();
     let per = hdr.l2_entries();
     let es = hdr.l2_entry_size();
@@ -345,13 +333,8 @@ fn write_l2_tables(
             if g >= guest_clusters {
                 break;
             }
-            let host = if data_clusters > 0 {
-                data_off + g * cs
-            } else if raw {
-                g * cs
-            } else {
-                break;
-            };
+            // With an external data file the host offset is the guest offset (QEMU's layout).
+            let host = if external { g * cs } else { data_off + g * cs };
             let at = (i * es) as usize;
             table[at..at + 8].copy_from_slice(&(host | COPIED).to_be_bytes());
             if es == 16 {

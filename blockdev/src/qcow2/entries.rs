@@ -160,7 +160,8 @@ impl L2Entry {
                     self.alloc_mask() & self.zero_mask()
                 ));
             }
-            if host == 0 && self.alloc_mask() != 0 {
+            // (With an external data file, host offset 0 is a real cluster marked COPIED.)
+            if host == 0 && self.alloc_mask() != 0 && w & COPIED == 0 {
                 return bad("subclusters allocated in an unallocated cluster".into());
             }
         }

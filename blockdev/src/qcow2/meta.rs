@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use super::cache::TableCache;
-use super::entries::{self, L1Entry, L2Entry, OFFSET_MASK};
+use super::entries::{self, ClusterKind, L1Entry, L2Entry, OFFSET_MASK};
 use super::header::{Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY};
 use crate::error::{Error, Result};
 use crate::image::ImageFile;
@@ -140,6 +140,17 @@ impl Meta {
             zcache: None,
             zfree: None,
         })
+    }
+
+    /// What an L2 entry maps to in this image. With an external data file, host offset 0 is
+    /// a real cluster: an entry with only the COPIED flag is data there, not unallocated (every
+    /// data-file cluster has refcount one, so COPIED tells the two apart, as in QEMU).
+    pub fn kind_of(&self, e: L2Entry) -> ClusterKind {
+        let k = e.kind(self.hdr.cluster_bits, self.hdr.extended_l2());
+        if k == ClusterKind::Unallocated && self.hdr.has_data_file() && e.word & entries::COPIED != 0 {
+            return ClusterKind::Normal { host: 0, copied: true };
+        }
+        k
     }
 
     /// Index of the L1 entry and the L2 entry for a guest offset.
@@ -377,6 +388,10 @@ impl Meta {
     /// Refuses a data write to `host` (a cluster offset) when it would overwrite metadata or
     /// lies beyond anything allocated.
     pub fn check_data_target(&mut self, host: u64, guest: u64) -> Result<()> {
+        if self.hdr.has_data_file() {
+            // Data lives in another file: it cannot overlap this one's metadata.
+            return Ok(());
+        }
         let cs = self.cluster_size();
         let c = host / cs * cs;
         if self.meta_clusters.contains(&c) {

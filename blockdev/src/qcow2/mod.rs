@@ -226,10 +226,13 @@ impl Qcow2Dev {
             check::check(&*file, check::RepairMode::All)?;
             hdr = Header::read(&*file)?;
         }
-        if hdr.has_data_file() && data.is_none() && !opts.read_only {
+        if hdr.has_data_file() && data.is_none() {
             return Err(Error::Unsupported {
                 op: "open",
-                what: format!("{}: external data file not given", file.name()),
+                what: format!(
+                    "{}: external data file not given (open the image by path)",
+                    file.name()
+                ),
             });
         }
         let cs = hdr.cluster_size();
@@ -349,7 +352,7 @@ impl BlockDev for Qcow2Dev {
                 ..ext
             },
             Src::Zero => {
-                let kind = e.kind(m.hdr.cluster_bits, m.hdr.extended_l2());
+                let kind = m.kind_of(e);
                 let host = match kind {
                     entries::ClusterKind::Zero { host } => host,
                     _ => None,

@@ -35,7 +35,7 @@ impl Meta {
         let room = (cs - coff).min(max);
         let e = self.l2_entry(guest)?;
         let ext = self.hdr.extended_l2();
-        let kind = e.kind(self.hdr.cluster_bits, ext);
+        let kind = self.kind_of(e);
         let src = match kind {
             ClusterKind::Compressed { host, len } => {
                 return Ok((

@@ -19,13 +19,17 @@ impl Meta {
         if self.read_only {
             return Err(Error::ReadOnly { op });
         }
-        if self.hdr.has_data_file() {
-            return Err(Error::Unsupported {
-                op,
-                what: format!("{}: writes to images with an external data file", self.name),
-            });
-        }
         Ok(())
+    }
+
+    /// A host cluster for guest data at `guest`: from the allocator, or with an external data
+    /// file the guest offset itself (QEMU's layout: data files are not refcounted). Returns
+    /// whether it is fresh (known to read as zeroes).
+    fn alloc_data(&mut self, guest: u64) -> Result<(u64, bool)> {
+        if self.hdr.has_data_file() {
+            return Ok((guest & !(self.cluster_size() - 1), false));
+        }
+        self.alloc_cluster()
     }
 
     /// Writes `data` at guest offset `guest` (any range inside the disk).
@@ -46,7 +50,7 @@ impl Meta {
     pub fn in_place_target(&mut self, guest: u64, len: u64) -> Result<Option<u64>> {
         let e = self.l2_entry(guest)?;
         let ClusterKind::Normal { host, copied: true } =
-            e.kind(self.hdr.cluster_bits, self.hdr.extended_l2())
+            self.kind_of(e)
         else {
             return Ok(None);
         };
@@ -78,7 +82,7 @@ impl Meta {
         let coff = guest & (cs - 1);
         let gbase = guest - coff;
         let e = self.l2_entry(guest)?;
-        let kind = e.kind(self.hdr.cluster_bits, false);
+        let kind = self.kind_of(e);
         // Old content for copy-on-write (not needed when the write covers the cluster).
         let whole = coff == 0 && len == cs;
         let old_zero = match kind {
@@ -97,7 +101,7 @@ impl Meta {
                 self.check_data_target(h, guest)?;
                 (h, false)
             }
-            None => self.alloc_cluster()?,
+            None => self.alloc_data(guest)?,
         };
         if whole {
             self.data.write_at(data, host)?;
@@ -134,7 +138,7 @@ impl Meta {
         let coff = guest & (cs - 1);
         let gbase = guest - coff;
         let e = self.l2_entry(guest)?;
-        let kind = e.kind(self.hdr.cluster_bits, true);
+        let kind = self.kind_of(e);
         let (first, last) = (coff / sc, (coff + len - 1) / sc);
         let span = first * sc..(last + 1) * sc;
         // Current content of the touched subclusters, with the new data on top.
@@ -151,14 +155,14 @@ impl Meta {
                 (host, e.bitmap, None)
             }
             ClusterKind::Unallocated | ClusterKind::Zero { .. } => {
-                let (h, _) = self.alloc_cluster()?;
+                let (h, _) = self.alloc_data(guest)?;
                 (h, e.bitmap, None)
             }
             _ => {
                 // Shared or compressed: copy the whole cluster, then it is fully allocated.
                 let mut full = vec![0u8; cs as usize];
                 self.read_sync(gbase, &mut full)?;
-                let (h, _) = self.alloc_cluster()?;
+                let (h, _) = self.alloc_data(guest)?;
                 self.data.write_at(&full, h)?;
                 (h, u64::from(u32::MAX), Some(kind))
             }
@@ -190,6 +194,10 @@ impl Meta {
 
     /// See [`Meta::release_old`].
     pub(crate) fn release_kind(&mut self, kind: ClusterKind, keep: Option<u64>) {
+        if self.hdr.has_data_file() {
+            // Clusters of an external data file are not refcounted.
+            return;
+        }
         let cs = self.cluster_size();
         match kind {
             ClusterKind::Normal { host, .. } | ClusterKind::Zero { host: Some(host) }
@@ -222,13 +230,27 @@ impl Meta {
         discard: bool,
     ) -> Result<()> {
         self.writable(if discard { "discard" } else { "write-zeroes" })?;
+        if self.hdr.data_file_raw() {
+            // The data file must keep reading as the disk does: zeroes go into it.
+            if discard {
+                return self.data.discard(guest, len);
+            }
+            let zeroes = vec![0u8; len.min(1 << 20) as usize];
+            let mut pos = 0;
+            while pos < len {
+                let n = (len - pos).min(zeroes.len() as u64);
+                self.write_sync(guest + pos, &zeroes[..n as usize])?;
+                pos += n;
+            }
+            return Ok(());
+        }
         let cs = self.cluster_size();
         let end = guest + len;
         while guest < end {
             let coff = guest & (cs - 1);
             let n = (cs - coff).min(end - guest);
             let e = self.l2_entry(guest)?;
-            let kind = e.kind(self.hdr.cluster_bits, self.hdr.extended_l2());
+            let kind = self.kind_of(e);
             let empty =
                 kind == ClusterKind::Unallocated && e.alloc_mask() == 0 && self.backing.is_none();
             let whole = coff == 0 && n == cs;
@@ -248,7 +270,7 @@ impl Meta {
 
     fn zero_cluster(&mut self, guest: u64, e: L2Entry, unmap: bool, discard: bool) -> Result<()> {
         let ext = self.hdr.extended_l2();
-        let kind = e.kind(self.hdr.cluster_bits, ext);
+        let kind = self.kind_of(e);
         // A discard without a backing file leaves the cluster unallocated (reads as zeroes);
         // otherwise v3 images get the zero flag; v2 has none (a discard then unallocates).
         let zero_flag = self.hdr.version >= 3 && (self.backing.is_some() || !discard);

@@ -25,6 +25,12 @@ impl Meta {
         if self.read_only {
             return Err(Error::ReadOnly { op: "write" });
         }
+        if self.hdr.has_data_file() {
+            return Err(Error::Unsupported {
+                op: "compressed write",
+                what: format!("{}: images with an external data file", self.name),
+            });
+        }
         let mut cluster = vec![0u8; cs as usize];
         cluster[..data.len()].copy_from_slice(data);
         let kind = CompressionType::from_byte(self.hdr.compression()).unwrap_or_default();
@@ -32,7 +38,7 @@ impl Meta {
             return self.write_sync(guest, data);
         };
         let e = self.l2_entry(guest)?;
-        let old = e.kind(self.hdr.cluster_bits, self.hdr.extended_l2());
+        let old = self.kind_of(e);
         let (l2off, i2) = self.l2_for_write(guest)?;
         let host = self.alloc_bytes(z.len() as u64)?;
         self.data.write_at(&z, host)?;
