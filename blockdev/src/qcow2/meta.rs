@@ -89,24 +89,25 @@ impl Meta {
             hdr.refcount_table_offset,
             rt_len as u64 * 8,
         );
-        for (i, &e) in l1.iter().enumerate() {
-            L1Entry(e).check(&name, || format!("L1 entry {i}"), cs)?;
-            let off = L1Entry(e).l2_offset();
-            if off != 0 {
-                meta_clusters.insert(off);
-            }
-        }
+        let end = file_len.div_ceil(cs) * cs;
+        let inside = |off: u64| off.checked_add(cs).is_some_and(|e| e <= end);
         for (i, &e) in reftable.iter().enumerate() {
             let off = entries::refcount_table_entry_offset(e);
+            let field = || format!("refcount table entry {i}");
             if e & 0x1ff != 0 || off % cs != 0 {
-                return Err(Error::corrupt(
-                    &name,
-                    format!("refcount table entry {i}"),
-                    format!("{e:#x} is not a cluster-aligned offset"),
-                ));
+                let why = format!("{e:#x} is not a cluster-aligned offset");
+                return Err(Error::corrupt(&name, field(), why));
             }
-            if off != 0 {
-                meta_clusters.insert(off);
+            if off == 0 {
+                continue;
+            }
+            if !inside(off) {
+                let why = format!("refcount block {off:#x} is past the end of the file");
+                return Err(Error::corrupt(&name, field(), why));
+            }
+            if !meta_clusters.insert(off) {
+                let why = format!("refcount block {off:#x} overlaps other metadata");
+                return Err(Error::corrupt(&name, field(), why));
             }
         }
         if hdr.nb_snapshots > 0 {
@@ -117,7 +118,24 @@ impl Meta {
             }
             add_range(&mut meta_clusters, hdr.snapshots_offset, table_len);
         }
-        let end = file_len.div_ceil(cs) * cs;
+        let fixed = meta_clusters.clone();
+        for (i, &e) in l1.iter().enumerate() {
+            L1Entry(e).check(&name, || format!("L1 entry {i}"), cs)?;
+            let off = L1Entry(e).l2_offset();
+            if off == 0 {
+                continue;
+            }
+            let why = if !inside(off) {
+                "is past the end of the file"
+            } else if fixed.contains(&off) {
+                "overlaps the header, a refcount structure or a snapshot table"
+            } else {
+                meta_clusters.insert(off);
+                continue;
+            };
+            let why = format!("L2 table {off:#x} {why}");
+            return Err(Error::corrupt(&name, format!("L1 entry {i}"), why));
+        }
         Ok(Meta {
             name,
             lazy: hdr.lazy_refcounts() && !read_only,
