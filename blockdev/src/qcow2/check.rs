@@ -11,6 +11,9 @@
 //!
 //! Memory: one 16-bit counter per host cluster (an image whose file implies more than 2^28
 //! clusters is refused) plus the refcount blocks read.
+//!
+//! `qemu-img check` exits with 1 when `check_errors` is non-zero, else 2 for corruptions, else
+//! 3 for leaks, else 0 (after a repair: of the second check).
 
 use std::collections::HashMap;
 
@@ -19,9 +22,7 @@ use crate::image::ImageFile;
 
 use super::entries::{self, COMPRESSED, COPIED, L1_RESERVED, L2_RESERVED, OFFSET_MASK, ZERO};
 use super::header::{self, Header, MAX_L1_BYTES};
-use super::snapshot;
-
-use super::snapshot::RefEditor;
+use super::snapshot::{self, RefEditor};
 
 /// Largest number of host clusters the check keeps counters for.
 pub const MAX_CHECK_CLUSTERS: u64 = 1 << 28;
@@ -171,6 +172,8 @@ struct Checker<'a> {
     refs: Refs,
     rep: CheckReport,
     rebuild: bool,
+    /// Refcount table entries found broken (fixed by a rebuild).
+    refblock_errors: u64,
     snapshots: Vec<snapshot::SnapshotInfo>,
     snapshots_size: u64,
 }
@@ -207,6 +210,7 @@ impl<'a> Checker<'a> {
                 ..Default::default()
             },
             rebuild: false,
+            refblock_errors: 0,
             snapshots: Vec::new(),
             snapshots_size: 0,
             h,
@@ -227,25 +231,30 @@ impl<'a> Checker<'a> {
             Err(e) => self.corruption(format!("ERROR cannot read the snapshot table: {e}")),
         }
         self.calculate()?;
-        let highest = self.compare(self.mode)?;
+        // Compare without fixing first: a broken refcount structure is rebuilt whole (or, when
+        // that is not allowed, nothing is fixed), as QEMU does.
+        let pre = self.rep.clone();
+        let mut highest = self.compare(RepairMode::None)?;
+        let found_corruptions = self.rep.corruptions - pre.corruptions;
+        let found_leaks = self.rep.leaks - pre.leaks;
         if self.rebuild && self.mode == RepairMode::All {
             self.rep.msg("Rebuilding refcount structure".to_string());
             self.rebuild_refcounts()?;
-            self.rep.corruptions_fixed += self.rep.corruptions;
-            self.rep.leaks_fixed += self.rep.leaks;
-            self.rep.corruptions = 0;
-            self.rep.leaks = 0;
-        } else if self.rebuild && self.mode == RepairMode::Leaks {
+            let fixed = found_corruptions + self.refblock_errors;
+            self.rep.corruptions = self.rep.corruptions.saturating_sub(fixed);
+            self.rep.corruptions_fixed += fixed;
+            self.rep.leaks -= found_leaks;
+            self.rep.leaks_fixed += found_leaks;
+            highest = highest.max(self.refs.highest_used().unwrap_or(0));
+        } else if self.rebuild && self.mode != RepairMode::None {
             self.rep
                 .msg("ERROR need to rebuild refcount structures".to_string());
             self.rep.check_errors += 1;
+        } else if self.mode != RepairMode::None && found_corruptions + found_leaks > 0 {
+            self.rep = pre;
+            highest = self.compare(self.mode)?;
         }
         self.check_copied()?;
-        let highest = highest.max(if self.rebuild && self.mode == RepairMode::All {
-            self.refs.highest_used().unwrap_or(0)
-        } else {
-            0
-        });
         self.rep.image_end_offset = (highest + 1) * self.cs;
         Ok(self.rep)
     }
@@ -531,6 +540,7 @@ impl<'a> Checker<'a> {
                     "ERROR refcount table entry {i} has reserved bits set"
                 ));
                 self.rebuild = true;
+                self.refblock_errors += 1;
                 continue;
             }
             if off % self.cs != 0 {
@@ -538,11 +548,13 @@ impl<'a> Checker<'a> {
                     "ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"
                 ));
                 self.rebuild = true;
+                self.refblock_errors += 1;
                 continue;
             }
             if off >> self.cbits >= self.nb_clusters {
                 self.corruption(format!("ERROR refcount block {i} is outside image"));
                 self.rebuild = true;
+                self.refblock_errors += 1;
                 continue;
             }
             if off != 0 {
@@ -555,6 +567,7 @@ impl<'a> Checker<'a> {
             if r != 1 {
                 self.corruption(format!("ERROR refcount block {i} refcount={r}"));
                 self.rebuild = true;
+                self.refblock_errors += 1;
             }
         }
         Ok(())
@@ -582,9 +595,6 @@ impl<'a> Checker<'a> {
                     self.rep.msg(format!(
                         "Can't get refcount for cluster {c}: Input/output error"
                     ));
-                    if self.refs.get(c) > 0 {
-                        highest = c;
-                    }
                 }
                 start = end;
                 continue;

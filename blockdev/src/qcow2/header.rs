@@ -657,9 +657,11 @@ mod tests {
     #[test]
     fn round_trip() {
         let h = sample();
-        let b = h.to_bytes().unwrap();
+        let mut b = h.to_bytes().unwrap();
+        let name_at = (b.len() - 8) as u64;
+        b.resize(1 << 16, 0);
         let mut got = Header::parse("t", &b, 4 << 16).unwrap();
-        assert_eq!(got.backing_file_offset, (b.len() - 8) as u64);
+        assert_eq!(got.backing_file_offset, name_at);
         got.backing_file_offset = 0;
         got.backing_file_size = 0;
         assert_eq!(got, h);
@@ -676,6 +678,7 @@ mod tests {
         ];
         for (at, bytes, field) in cases {
             let mut b = sample().to_bytes().unwrap();
+            b.resize(1 << 16, 0);
             b[at..at + bytes.len()].copy_from_slice(bytes);
             let e = Header::parse("img", &b, 4 << 16).unwrap_err().to_string();
             assert!(e.contains(field), "{field}: {e}");

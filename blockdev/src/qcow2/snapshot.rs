@@ -401,7 +401,9 @@ pub fn create(file: &dyn ImageFile, name: &str) -> Result<()> {
         id: id.to_string(),
         name: name.to_string(),
         date_sec: now.as_secs() as u32,
-        date_nsec: now.subsec_nanos(),
+        // As qemu-img: microsecond resolution, icount 0.
+        date_nsec: now.subsec_micros() * 1000,
+        icount: Some(0),
         disk_size: Some(h.size),
         l1_table_offset: sn_l1_off,
         l1_size: h.l1_size,
