@@ -1,4 +1,5 @@
-//! `vstor`: serve virtio devices over vhost-user, benchmark them, and (later) work on images.
+//! `vstor`: serve virtio devices over vhost-user, benchmark them, and work on disk images
+//! (`vstor img`, like qemu-img).
 //!
 //! ```text
 //! vstor serve blk [--image PATH] [--socket PATH] [--queues N] ...
@@ -10,6 +11,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod img;
 mod serve;
 
 /// vstor: a hypervisor's storage device stack.
@@ -27,6 +29,9 @@ enum Command {
     Serve(serve::ServeCommand),
     /// Drive a vhost-user-blk socket with libblkio and report IOPS, bandwidth and latency.
     Bench(bench::BenchArgs),
+    /// Work on disk images (like qemu-img).
+    #[command(subcommand)]
+    Img(img::ImgCommand),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +40,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(cmd) => serve::run(cmd),
         Command::Bench(args) => bench::run(args),
+        Command::Img(cmd) => return img::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
