@@ -336,6 +336,14 @@ impl BlockDev for Qcow2Dev {
         check_range("map", offset, len, self.shared.info.size)?;
         let mut m = self.shared.lock();
         let (n, src, e) = m.lookup(offset, len)?;
+        // The host offset QEMU reports for zero and (extended L2) unallocated runs that have
+        // a host cluster.
+        let coff = offset & (m.cluster_size() - 1);
+        let host = match m.kind_of(e) {
+            entries::ClusterKind::Zero { host } => host.map(|h| h + coff),
+            entries::ClusterKind::Normal { host, .. } => Some(host + coff),
+            _ => None,
+        };
         let ext = MapExtent {
             len: n,
             data: false,
@@ -351,18 +359,11 @@ impl BlockDev for Qcow2Dev {
                 offset: Some(h),
                 ..ext
             },
-            Src::Zero => {
-                let kind = m.kind_of(e);
-                let host = match kind {
-                    entries::ClusterKind::Zero { host } => host,
-                    _ => None,
-                };
-                MapExtent {
-                    zero: true,
-                    offset: host,
-                    ..ext
-                }
-            }
+            Src::Zero => MapExtent {
+                zero: true,
+                offset: host,
+                ..ext
+            },
             Src::Compressed { .. } => MapExtent {
                 data: true,
                 compressed: true,
@@ -372,6 +373,7 @@ impl BlockDev for Qcow2Dev {
                 None => MapExtent {
                     zero: true,
                     present: false,
+                    offset: host,
                     ..ext
                 },
                 Some(b) => {
