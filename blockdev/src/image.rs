@@ -59,6 +59,14 @@ pub trait ImageFile: Send + Sync {
         1
     }
 
+    /// Writes the buffers `iovs` at `offset` in the calling thread, when that is cheaper than a
+    /// queue (buffered files: the copy into the page cache is the whole cost, and io_uring
+    /// would hand it to a kernel worker thread). `Ok(false)`: not offered, use a queue.
+    fn write_vectored_inline(&self, iovs: &[crate::IoVec], offset: u64) -> Result<bool> {
+        let _ = (iovs, offset);
+        Ok(false)
+    }
+
     /// Opens an asynchronous queue for data I/O at any offset, or `None` when this store has no
     /// engine of its own (callers then use [`SyncQueue`]).
     fn open_queue(&self, opts: &QueueOptions) -> Result<Option<Box<dyn IoQueue>>> {
@@ -127,6 +135,17 @@ impl ImageFile for FileImage {
     }
     fn open_queue(&self, opts: &QueueOptions) -> Result<Option<Box<dyn IoQueue>>> {
         self.dev.open_queue(opts).map(Some)
+    }
+    fn write_vectored_inline(&self, iovs: &[crate::IoVec], offset: u64) -> Result<bool> {
+        if self.dev.info().cache.direct() {
+            return Ok(false);
+        }
+        check_end(
+            self.name(),
+            offset,
+            crate::IoVec::total_len(iovs).unwrap_or(u64::MAX),
+        )?;
+        self.dev.write_vectored(iovs, offset).map(|()| true)
     }
 }
 

@@ -164,6 +164,25 @@ impl FileDev {
             .map_err(|e| Error::io("truncate", len, 0, e))
     }
 
+    /// Writes `iovs` at `offset` with pwritev, in the calling thread (buffered files only:
+    /// under O_DIRECT the caller uses a queue, which knows how to bounce).
+    pub fn write_vectored(&self, iovs: &[IoVec], offset: u64) -> Result<()> {
+        if self.core.info.read_only {
+            return Err(Error::ReadOnly { op: "write" });
+        }
+        let len = IoVec::total_len(iovs).unwrap_or(u64::MAX);
+        if self.core.direct {
+            return Err(Error::Unsupported {
+                op: "write",
+                what: "synchronous vectored writes under O_DIRECT".into(),
+            });
+        }
+        let mut v = iovs.to_vec();
+        self.core
+            .pwritev_full(&mut v, offset)
+            .map_err(|e| Error::io("write", offset, len, e))
+    }
+
     /// Deallocates a range (advisory, see [`BlockDev`] discard).
     pub fn discard_range(&self, offset: u64, len: u64) -> Result<()> {
         if self.core.info.read_only {

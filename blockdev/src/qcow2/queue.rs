@@ -24,6 +24,7 @@ struct Parent {
 
 /// One queue of a [`super::Qcow2Dev`].
 pub(crate) struct Qcow2Queue {
+    data: Arc<dyn ImageFile>,
     shared: Arc<Shared>,
     inner: Box<dyn IoQueue>,
     depth: usize,
@@ -43,6 +44,7 @@ impl Qcow2Queue {
         // Requests may split into several data I/Os; leave room for that.
         let inner = open_data_queue(&data, &QueueOptions { depth: depth * 4 })?;
         Ok(Qcow2Queue {
+            data,
             shared,
             inner,
             depth,
@@ -135,6 +137,11 @@ impl Qcow2Queue {
         if data_runs == 0 || self.inner.in_flight() + data_runs > self.inner.depth() {
             return Ok(Submitted::Done(self.run_sync(&req)));
         }
+        if req.op == IoOp::Write {
+            if let Some(r) = self.write_inline(&req) {
+                return Ok(Submitted::Done(r));
+            }
+        }
         let slot = self.slot(req.tag, data_runs);
         self.in_flight += 1;
         let runs = std::mem::take(&mut self.runs);
@@ -180,6 +187,32 @@ impl Qcow2Queue {
                 Ok(Submitted::Done(result.and(c.result)))
             }
         }
+    }
+
+    /// Buffered data files take in-place writes in this thread (see
+    /// [`ImageFile::write_vectored_inline`]); `None` when the file prefers its queue.
+    fn write_inline(&mut self, req: &IoRequest) -> Option<Result<()>> {
+        for (i, &(guest, len, src)) in self.runs.iter().enumerate() {
+            let Src::Data(host) = src else {
+                return Some(Err(Error::Unsupported {
+                    op: "write",
+                    what: "non-data run".into(),
+                }));
+            };
+            let bufs = slice_iovecs(&req.iovecs, guest - req.offset, len);
+            match self.data.write_vectored_inline(&bufs, host) {
+                Ok(true) => {}
+                Ok(false) if i == 0 => return None,
+                Ok(false) => {
+                    return Some(Err(Error::Unsupported {
+                        op: "write",
+                        what: "mixed write paths".into(),
+                    }))
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        Some(Ok(()))
     }
 
     /// Fills the buffers of a non-data run (zeroes, backing, compressed).
