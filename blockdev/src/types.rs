@@ -217,6 +217,13 @@ pub trait BlockDev: Send + Sync {
     /// Makes every completed write durable.
     fn flush(&self) -> Result<()>;
 
+    /// Writes back everything cached and leaves the image clean (formats clear their dirty
+    /// bit), as on a clean shutdown. The device stays usable: a later write makes the image
+    /// dirty again. Servers call this when they stop; dropping the last reference does it too.
+    fn close(&self) -> Result<()> {
+        self.flush()
+    }
+
     /// Image format name ("raw", "qcow2").
     fn format_name(&self) -> &'static str {
         "raw"

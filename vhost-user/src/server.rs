@@ -161,7 +161,8 @@ impl BlkServer {
     /// connection.
     pub fn run(mut self) -> Result<()> {
         let served = self.serve();
-        let flushed = self.dev.flush().map_err(Error::Flush);
+        // A clean close: formats write back their metadata and clear their dirty bit.
+        let flushed = self.dev.close().map_err(Error::Flush);
         let BlkServer { listener, stop, .. } = self;
         // Dropping the listener removes the socket file.
         drop(listener);

@@ -151,7 +151,7 @@ pub(crate) fn spawn_signal_thread(exit: SignalExit) -> Result<()> {
                     break;
                 }
             }
-            let code = match exit.dev.flush() {
+            let code = match exit.dev.close() {
                 Ok(()) => 0,
                 Err(e) => {
                     log::error!("flush: {e}");

@@ -165,8 +165,14 @@ impl Meta {
     /// data-file cluster has refcount one, so COPIED tells the two apart, as in QEMU).
     pub fn kind_of(&self, e: L2Entry) -> ClusterKind {
         let k = e.kind(self.hdr.cluster_bits, self.hdr.extended_l2());
-        if k == ClusterKind::Unallocated && self.hdr.has_data_file() && e.word & entries::COPIED != 0 {
-            return ClusterKind::Normal { host: 0, copied: true };
+        if k == ClusterKind::Unallocated
+            && self.hdr.has_data_file()
+            && e.word & entries::COPIED != 0
+        {
+            return ClusterKind::Normal {
+                host: 0,
+                copied: true,
+            };
         }
         k
     }
@@ -308,6 +314,10 @@ impl Meta {
         }
         if !self.lazy {
             self.write_refcounts()?;
+        } else if metadata_dirty {
+            // Lazy refcounts: tables reach the disk ahead of their refcounts only under the
+            // dirty bit, which makes the next read-write open repair the refcounts.
+            self.mark_dirty()?;
         }
         if self.l2.any_dirty() {
             for off in self.l2.dirty_offsets() {

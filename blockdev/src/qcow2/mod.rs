@@ -52,7 +52,6 @@ pub use create::{create, create_path, Compat, CreateOptions, Preallocation};
 pub use header::Header;
 pub use resize::{resize, resize_file};
 
-use self::header::INCOMPAT_DIRTY;
 use self::meta::Meta;
 use self::read::Src;
 
@@ -254,10 +253,6 @@ impl Qcow2Dev {
             meta.data = d;
         }
         meta.backing = backing;
-        if meta.lazy && !read_only {
-            meta.mark_dirty()?;
-        }
-        let _ = INCOMPAT_DIRTY;
         let info = BlockInfo {
             size: hdr.size / 512 * 512,
             logical_block_size: 512,
@@ -297,12 +292,6 @@ impl Qcow2Dev {
     pub fn write_compressed(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.shared.lock().write_compressed(offset, data)
     }
-
-    /// Writes back every cached change and clears the dirty bit (also done on drop, where
-    /// errors can only be logged).
-    pub fn close(self) -> Result<()> {
-        self.shared.lock().close()
-    }
 }
 
 impl BlockDev for Qcow2Dev {
@@ -330,6 +319,10 @@ impl BlockDev for Qcow2Dev {
 
     fn format_name(&self) -> &'static str {
         "qcow2"
+    }
+
+    fn close(&self) -> Result<()> {
+        self.shared.lock().close()
     }
 
     fn map(&self, offset: u64, len: u64) -> Result<MapExtent> {

@@ -30,6 +30,22 @@ impl Meta {
     /// The run starting at `guest` (at most `max` bytes, never past its cluster) that shares one
     /// source, with the L2 entry it came from.
     pub fn lookup(&mut self, guest: u64, max: u64) -> Result<(u64, Src, L2Entry)> {
+        let r = self.lookup_entry(guest, max)?;
+        if let (_, Src::Data(host), _) = r {
+            if host >= self.alloc_end && !self.hdr.has_data_file() {
+                return Err(self.corrupt(
+                    format!("L2 entry for guest offset {guest:#x}"),
+                    format!(
+                        "data at host offset {host:#x} is past the end of the image file ({:#x})",
+                        self.alloc_end
+                    ),
+                ));
+            }
+        }
+        Ok(r)
+    }
+
+    fn lookup_entry(&mut self, guest: u64, max: u64) -> Result<(u64, Src, L2Entry)> {
         let cs = self.cluster_size();
         let coff = guest & (cs - 1);
         let room = (cs - coff).min(max);

@@ -8,6 +8,7 @@ use super::meta::{u64_table_bytes, Meta};
 use super::{Qcow2Dev, Qcow2Options};
 use crate::error::{Error, Result};
 use crate::image::ImageFile;
+use crate::types::BlockDev;
 
 impl Meta {
     /// Allocates `n` contiguous clusters at the end of the image.

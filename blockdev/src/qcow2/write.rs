@@ -49,9 +49,7 @@ impl Meta {
     /// (the fast path), or `None` when it needs the allocating path.
     pub fn in_place_target(&mut self, guest: u64, len: u64) -> Result<Option<u64>> {
         let e = self.l2_entry(guest)?;
-        let ClusterKind::Normal { host, copied: true } =
-            self.kind_of(e)
-        else {
+        let ClusterKind::Normal { host, copied: true } = self.kind_of(e) else {
             return Ok(None);
         };
         let cs = self.cluster_size();
