@@ -1,13 +1,17 @@
 /* SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause */
 /*
  * blk_harness.c - a minimal "hypervisor" in C driving a libvstor virtio-blk device the way the
- * Linux virtio_blk driver would, over a raw image file.
+ * Linux virtio_blk driver would, over a raw (or qcow2) image file.
  *
- *   blk_harness IMAGE | memory:SIZE
+ *   blk_harness [--format raw|qcow2|probe] IMAGE | memory:SIZE
  *
  * IMAGE is an existing raw image (4..64 MiB, a multiple of 64 KiB; e.g. made with
  * `truncate -s 4M`). Its contents are overwritten, and compared at the end with what the
- * harness wrote (pread from C). With memory:SIZE (e.g. memory:8M) every request completes
+ * harness wrote (pread from C). With --format qcow2 (or probe: vstor and qemu-img find the
+ * format themselves) IMAGE is opened in that format instead, e.g. a qcow2 image made with
+ * `qemu-img create -f qcow2 IMAGE 8M`, with or without a backing file; its guest-visible
+ * contents are then read, before and after, through `qemu-img convert -O raw` (which must be
+ * on PATH) into a temporary raw file. With memory:SIZE (e.g. memory:8M) every request completes
  * synchronously inside vstor_device_kick; with a file it completes asynchronously (io_uring,
  * or threads with VSTOR_DISABLE_IO_URING=1) and the harness polls the completion fd and calls
  * vstor_device_process. Guest RAM is two separate mmap()s that are
@@ -35,6 +39,7 @@
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
+#include <spawn.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -44,6 +49,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <dirent.h>
@@ -221,6 +227,7 @@ static uint8_t *shadow;
 static uint64_t disk_bytes;
 static bool discard_zeroes;
 static bool is_file; /* an image file (else memory:SIZE) */
+static bool via_convert; /* a non-raw image file: contents read through qemu-img convert */
 static unsigned long n_requests, n_bytes_written, n_bytes_read;
 static unsigned generation = 1;
 
@@ -994,6 +1001,46 @@ static void phase_c(struct drv *d, vstor_blockdev *bdev) {
   d->dev = NULL;
 }
 
+extern char **environ;
+
+/* Writes the guest-visible contents of `image` (format `fmt`, or probed when NULL) to a fresh
+ * temporary raw file with `qemu-img convert -O raw` and returns a descriptor open on it (the
+ * file itself is already unlinked). */
+static int convert_to_raw(const char *image, const char *fmt) {
+  const char *tmpdir = getenv("TMPDIR");
+  char path[4096];
+  char *args[10];
+  int n = 0, fd, status = 0;
+  pid_t pid;
+
+  if (!tmpdir || !*tmpdir) tmpdir = "/tmp";
+  EXPECT(snprintf(path, sizeof(path), "%s/blk_harness-XXXXXX", tmpdir) < (int)sizeof(path),
+         "TMPDIR too long");
+  fd = mkstemp(path);
+  EXPECT(fd >= 0, "mkstemp %s: %s", path, strerror(errno));
+  close(fd);
+  args[n++] = (char *)"qemu-img";
+  args[n++] = (char *)"convert";
+  if (fmt) {
+    args[n++] = (char *)"-f";
+    args[n++] = (char *)fmt;
+  }
+  args[n++] = (char *)"-O";
+  args[n++] = (char *)"raw";
+  args[n++] = (char *)image;
+  args[n++] = path;
+  args[n] = NULL;
+  errno = posix_spawnp(&pid, "qemu-img", NULL, NULL, args, environ);
+  EXPECT(errno == 0, "cannot run qemu-img: %s", strerror(errno));
+  EXPECT(waitpid(pid, &status, 0) == pid, "waitpid: %s", strerror(errno));
+  EXPECT(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+         "qemu-img convert -O raw %s failed (status %#x)", image, status);
+  fd = open(path, O_RDONLY | O_CLOEXEC);
+  EXPECT(fd >= 0, "open %s: %s", path, strerror(errno));
+  unlink(path);
+  return fd;
+}
+
 int main(int argc, char **argv) {
   struct drv d;
   struct vstor_blockdev_opts opts;
@@ -1004,11 +1051,19 @@ int main(int argc, char **argv) {
   uint64_t off;
   int fd = -1;
   struct timespec t0, t1;
+  const char *format = "raw"; /* for vstor_blockdev_open; NULL probes */
+  const char *image;
 
+  if (argc == 4 && strcmp(argv[1], "--format") == 0) {
+    format = strcmp(argv[2], "probe") == 0 ? NULL : argv[2];
+    argv += 2;
+    argc -= 2;
+  }
   if (argc != 2) {
-    fprintf(stderr, "usage: %s RAW-IMAGE | memory:SIZE\n", argv[0]);
+    fprintf(stderr, "usage: %s [--format raw|qcow2|probe] IMAGE | memory:SIZE\n", argv[0]);
     return 2;
   }
+  image = argv[1];
   setvbuf(stdout, NULL, _IOLBF, 0);
   clock_gettime(CLOCK_MONOTONIC, &t0);
   EXPECT(vstor_abi_version() == VSTOR_ABI_VERSION, "ABI %u, header %u", vstor_abi_version(),
@@ -1017,13 +1072,15 @@ int main(int argc, char **argv) {
 
   /* A raw image (its current contents seed the expected-contents shadow), or memory:SIZE
    * (starts zeroed; no file to check at the end; requests complete inside the kick). */
-  is_file = strncmp(argv[1], "memory:", 7) != 0;
+  is_file = strncmp(image, "memory:", 7) != 0;
+  via_convert = is_file && (format == NULL || strcmp(format, "raw") != 0);
   if (is_file) {
-    fd = open(argv[1], O_RDONLY | O_CLOEXEC);
-    EXPECT(fd >= 0, "open %s: %s", argv[1], strerror(errno));
+    /* A non-raw image: its guest view, flattened by qemu-img, stands in for the file. */
+    fd = via_convert ? convert_to_raw(image, format) : open(image, O_RDONLY | O_CLOEXEC);
+    EXPECT(fd >= 0, "open %s: %s", image, strerror(errno));
     EXPECT(fstat(fd, &st) == 0 && st.st_size >= (4 << 20) && st.st_size <= (64 << 20) &&
                st.st_size % 65536 == 0,
-           "%s: want a regular file of 4..64 MiB, a multiple of 64 KiB", argv[1]);
+           "%s: want a disk of 4..64 MiB, a multiple of 64 KiB", image);
     disk_bytes = (uint64_t)st.st_size;
   }
 
@@ -1036,17 +1093,17 @@ int main(int argc, char **argv) {
 
   memset(&opts, 0, sizeof(opts));
   opts.size = sizeof(opts);
-  opts.format = "raw";
+  opts.format = format;
   opts.cache_mode = VSTOR_CACHE_WRITEBACK;
   opts.aio = VSTOR_AIO_AUTO;
-  CHECK(vstor_blockdev_open(argv[1], &opts, &bdev));
+  CHECK(vstor_blockdev_open(image, &opts, &bdev));
   memset(&info, 0, sizeof(info));
   info.size = sizeof(info);
   CHECK(vstor_blockdev_get_info(bdev, &info));
   if (!is_file) {
     disk_bytes = info.capacity;
     EXPECT(disk_bytes >= (4 << 20) && disk_bytes <= (64 << 20) && disk_bytes % 65536 == 0,
-           "%s: want 4..64 MiB, a multiple of 64 KiB", argv[1]);
+           "%s: want 4..64 MiB, a multiple of 64 KiB", image);
   }
   EXPECT(info.capacity == disk_bytes, "blockdev capacity %" PRIu64, info.capacity);
   shadow = (uint8_t *)calloc(1, disk_bytes);
@@ -1054,8 +1111,9 @@ int main(int argc, char **argv) {
   EXPECT(shadow && ondisk, "malloc");
   if (is_file) EXPECT(pread(fd, shadow, disk_bytes, 0) == (ssize_t)disk_bytes, "pread");
   discard_zeroes = (info.flags & VSTOR_BDEV_INFO_DISCARD_ZEROES) != 0;
-  printf("blk_harness: %s: %" PRIu64 " bytes, logical block %u, flags %#x (discard %s)\n",
-         argv[1], info.capacity, info.logical_block_size, info.flags,
+  printf("blk_harness: %s (%s): %" PRIu64 " bytes, logical block %u, flags %#x "
+         "(discard %s)\n",
+         image, format ? format : "probed", info.capacity, info.logical_block_size, info.flags,
          discard_zeroes ? "reads zeroes" : "contents undefined");
 
   memset(&d, 0, sizeof(d));
@@ -1065,16 +1123,22 @@ int main(int argc, char **argv) {
   phase_b(&d, bdev);
   phase_c(&d, bdev); /* closes bdev */
 
-  /* The image holds exactly what was written (read from the C side, not through vstor). */
+  /* The image holds exactly what was written (read from the C side, not through vstor; for a
+   * non-raw image through qemu-img, now that vstor has closed it). */
   if (is_file) {
+    if (via_convert) {
+      close(fd);
+      fd = convert_to_raw(image, format);
+    }
     EXPECT(pread(fd, ondisk, disk_bytes, 0) == (ssize_t)disk_bytes, "pread");
     EXPECT(fstat(fd, &st) == 0 && (uint64_t)st.st_size == disk_bytes,
-           "image size changed to %lld", (long long)st.st_size);
+           "image (virtual) size changed to %lld", (long long)st.st_size);
     for (off = 0; off < disk_bytes; off++)
       EXPECT(ondisk[off] == shadow[off], "image byte %" PRIu64 " is %#x, expected %#x", off,
              ondisk[off], shadow[off]);
     close(fd);
-    printf("blk_harness: image file matches every write, discard and write-zeroes\n");
+    printf("blk_harness: image %s matches every write, discard and write-zeroes\n",
+           via_convert ? "contents (qemu-img convert -O raw)" : "file");
   }
 
   EXPECT(atomic_load(&irq_state.config) == 0 && atomic_load(&irq_state.other) == 0,

@@ -5,7 +5,7 @@
 # with AddressSanitizer.
 #
 # Usage: tests/c/run.sh [--release]
-#   --release   test target/release (default: target/debug)
+#   --release   test target/release (default: target/debug; $CARGO_TARGET_DIR is honoured)
 #
 # Steps:
 #   1. cargo build -p vstor-capi; the soname must be libvstor.so.1
@@ -16,9 +16,14 @@
 #   4. native runs: usage (README example), blk_harness on a raw file (default engine, then
 #      VSTOR_DISABLE_IO_URING=1) and on memory:8M (synchronous completions), misuse, static
 #      misuse
-#   5. valgrind: blk_harness twice (default engine, then VSTOR_DISABLE_IO_URING=1), misuse, usage
-#   6. AddressSanitizer + UBSan build of the C side (the Rust library is not instrumented):
-#      blk_harness and misuse; skipped with a message if ASan cannot run here
+#   5. qcow2 through the C ABI: blk_harness on `qemu-img create -f qcow2 IMG 8M` (format
+#      "qcow2"; default engine, then VSTOR_DISABLE_IO_URING=1 with lazy refcounts) and on a qcow2 over a patterned
+#      raw backing file (format probed); contents checked through `qemu-img convert -O raw`,
+#      then `qemu-img check` must be clean and the dirty bit clear
+#   6. valgrind: blk_harness twice (default engine, then VSTOR_DISABLE_IO_URING=1), both qcow2
+#      images, misuse, usage
+#   7. AddressSanitizer + UBSan build of the C side (the Rust library is not instrumented):
+#      blk_harness (raw and qcow2) and misuse; skipped with a message if ASan cannot run here
 #
 # Valgrind runs with --leak-check=full --errors-for-leak-kinds=all --error-exitcode=1, so any
 # definite, indirect, possible or still-reachable block and any memory error fails the step,
@@ -45,7 +50,7 @@ CARGO_ARGS=()
 for arg in "$@"; do
 	case $arg in
 	--release) PROFILE=release; CARGO_ARGS=(--release) ;;
-	-h | --help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h | --help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "tests/c/run.sh: unknown argument $arg" >&2; exit 2 ;;
 	esac
 done
@@ -54,12 +59,13 @@ START=$SECONDS
 step() { printf '\n=== c-abi: %s (%s, +%ds)\n' "$*" "$(date -u +%H:%M:%S)" $((SECONDS - START)); }
 die() { echo "tests/c/run.sh: FAILED: $*" >&2; exit 1; }
 
-for tool in gcc g++ valgrind readelf; do
+for tool in gcc g++ valgrind readelf qemu-img qemu-io; do
 	command -v "$tool" >/dev/null || die "$tool is not installed (scripts/install-deps.sh)"
 done
 
-LIBDIR=$ROOT/target/$PROFILE
-BUILD=$ROOT/target/c-tests/$PROFILE
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+LIBDIR=$TARGET/$PROFILE
+BUILD=$TARGET/c-tests/$PROFILE
 SCRATCH=$(mktemp -d "${TMPDIR:-/tmp}/vstor-c-tests.XXXXXX")
 trap 'rm -rf "$SCRATCH"' EXIT
 mkdir -p "$BUILD"
@@ -103,6 +109,32 @@ new_image() { # a fresh 8 MiB raw image
 	echo "$SCRATCH/disk.raw"
 }
 
+new_qcow2() { # a fresh 8 MiB qcow2 image; $1: more -o options
+	rm -f "$SCRATCH/disk.qcow2"
+	qemu-img create -q -f qcow2 ${1:+-o "$1"} "$SCRATCH/disk.qcow2" 8M
+	echo "$SCRATCH/disk.qcow2"
+}
+
+new_qcow2_backed() { # an 8 MiB qcow2 image over a raw backing file holding patterns
+	rm -f "$SCRATCH/base.raw" "$SCRATCH/overlay.qcow2"
+	truncate -s 8M "$SCRATCH/base.raw"
+	qemu-io -f raw -c 'write -q -P 0xa5 0 1M' -c 'write -q -P 0x3c 1536K 100K' \
+		-c 'write -q -P 0x5a 3M 2M' -c 'write -q -P 0xc3 7M 1M' "$SCRATCH/base.raw" >/dev/null
+	qemu-img create -q -f qcow2 -b "$SCRATCH/base.raw" -F raw "$SCRATCH/overlay.qcow2" 8M
+	echo "$SCRATCH/overlay.qcow2"
+}
+
+# check_qcow2 IMG: after vstor closed it, qemu-img check is clean and the dirty bit is clear.
+check_qcow2() {
+	local out rc=0 incompat
+	out=$(qemu-img check -f qcow2 "$1" 2>&1) || rc=$?
+	[ "$rc" = 0 ] || { echo "$out"; die "qemu-img check $1 (exit $rc)"; }
+	# incompatible_features: big-endian u64 at byte 72; bit 0 is the dirty bit
+	incompat=$(od -An -tu1 -j79 -N1 "$1" | tr -d ' ')
+	[ $((incompat & 1)) = 0 ] || die "$1: dirty bit set after vstor closed it"
+	echo "  qemu-img check $(basename "$1"): $(echo "$out" | grep -E 'No errors|allocated' | tr '\n' ' ')"
+}
+
 step "native: usage, blk_harness (file: default engine, threads; memory:), misuse, static misuse"
 "$BUILD/usage"
 "$BUILD/blk_harness" "$(new_image)"
@@ -111,6 +143,17 @@ VSTOR_DISABLE_IO_URING=1 "$BUILD/blk_harness" "$(new_image)" | tail -n 1
 "$BUILD/misuse" "$SCRATCH" >"$SCRATCH/misuse.out" || { cat "$SCRATCH/misuse.out"; die "misuse"; }
 tail -n 1 "$SCRATCH/misuse.out"
 "$BUILD/misuse_static" "$SCRATCH" | tail -n 1
+
+step "native: blk_harness on qcow2 (format qcow2: default engine, threads; probed, backing file)"
+img=$(new_qcow2)
+"$BUILD/blk_harness" --format qcow2 "$img" | sed -n '1p;$p'
+check_qcow2 "$img"
+img=$(new_qcow2 lazy_refcounts=on) # dirty while open: the close must clean it
+VSTOR_DISABLE_IO_URING=1 "$BUILD/blk_harness" --format qcow2 "$img" | tail -n 1
+check_qcow2 "$img"
+img=$(new_qcow2_backed)
+"$BUILD/blk_harness" --format probe "$img" | sed -n '1p;$p'
+check_qcow2 "$img"
 
 VALGRIND=(valgrind --error-exitcode=1 --leak-check=full --show-leak-kinds=all
 	--errors-for-leak-kinds=all --suppressions="$ROOT/tests/c/valgrind.supp" --num-callers=40)
@@ -135,6 +178,14 @@ step "valgrind: blk_harness (default engine: io_uring if valgrind lets vstor cre
 vg harness-auto "$BUILD/blk_harness" "$(new_image)"
 step "valgrind: blk_harness with VSTOR_DISABLE_IO_URING=1 (thread pool)"
 VSTOR_DISABLE_IO_URING=1 vg harness-threads "$BUILD/blk_harness" "$(new_image)"
+step "valgrind: blk_harness on qcow2 (format qcow2, default engine)"
+img=$(new_qcow2)
+vg harness-qcow2 "$BUILD/blk_harness" --format qcow2 "$img"
+check_qcow2 "$img"
+step "valgrind: blk_harness on qcow2 over a raw backing file (format probed, thread pool)"
+img=$(new_qcow2_backed)
+VSTOR_DISABLE_IO_URING=1 vg harness-qcow2-backed "$BUILD/blk_harness" --format probe "$img"
+check_qcow2 "$img"
 step "valgrind: misuse"
 vg misuse "$BUILD/misuse" "$SCRATCH"
 step "valgrind: usage (the README example)"
@@ -150,6 +201,9 @@ if gcc -std=c11 -g "${SAN[@]}" "${INC[@]}" tests/c/header_check.c -o "$BUILD/hea
 		gcc "${CFLAGS[@]}" "${SAN[@]}" "examples/c/$prog.c" -o "$BUILD/${prog}_asan" "${LINK_SO[@]}"
 	done
 	"$BUILD/blk_harness_asan" "$(new_image)" | tail -n 1
+	img=$(new_qcow2)
+	"$BUILD/blk_harness_asan" --format qcow2 "$img" | tail -n 1
+	check_qcow2 "$img"
 	"$BUILD/misuse_asan" "$SCRATCH" >"$SCRATCH/misuse-asan.out" 2>&1 ||
 		{ cat "$SCRATCH/misuse-asan.out"; die "misuse under ASan"; }
 	tail -n 1 "$SCRATCH/misuse-asan.out"

@@ -14,7 +14,12 @@
 #   --socket SOCK         use a running backend (also env VSTOR_SOCK); needs
 #                         --size; no host-side pattern checks are made
 #   --size BYTES          expected disk size (default: the image's virtual size)
-#   --format FMT          image format for qemu-img/qemu-io/qsd (default: raw)
+#   --format FMT          image format: raw or qcow2 (default: raw); used by
+#                         qemu-img/qemu-io/qsd and, when given, passed to
+#                         `vstor serve blk --format` (otherwise vstor probes);
+#                         a missing IMG is created in it; after a non-raw run
+#                         the host checks read the image through qemu-img
+#                         convert, and qemu-img check must be clean
 #   --create-size SIZE    size when IMG does not exist and is created (64M)
 #   --queues N            queues for the backend and QEMU (default: 2)
 #   --timeout SECONDS     kill QEMU after this long (default: 180, env
@@ -25,7 +30,8 @@
 #   --append ARGS         extra kernel command line words
 #   --out DIR             build/cache dir (default: target/guest)
 #   -v, --verbose         stream the serial console while it runs
-# With no IMG, a temporary 64 MiB raw image is used.
+# With no IMG, a temporary 64 MiB image (of --format) is used, e.g.
+#   tests/guest/run-blk.sh --format qcow2      fio --verify on a fresh qcow2
 # Environment: VSTOR_BIN (default target/release/vstor), VSTOR_SERVE_ARGS
 # (extra words for `vstor serve blk`), QEMU (default qemu-system-x86_64).
 # Exit status: 0 only if the guest printed "VSTOR-GUEST-RESULT: PASS" and the
@@ -40,6 +46,7 @@ BACKEND=vstor
 SOCK=${VSTOR_SOCK:-}
 SIZE=
 FORMAT=raw
+FORMAT_GIVEN=0
 CREATE_SIZE=64M
 QUEUES=2
 TIMEOUT=${VSTOR_GUEST_TIMEOUT:-180}
@@ -60,7 +67,7 @@ while [ $# -gt 0 ]; do
 	--backend) BACKEND=$2; shift 2 ;;
 	--socket) SOCK=$2; shift 2 ;;
 	--size) SIZE=$2; shift 2 ;;
-	--format) FORMAT=$2; shift 2 ;;
+	--format) FORMAT=$2; FORMAT_GIVEN=1; shift 2 ;;
 	--create-size) CREATE_SIZE=$2; shift 2 ;;
 	--queues) QUEUES=$2; shift 2 ;;
 	--timeout) TIMEOUT=$2; shift 2 ;;
@@ -164,6 +171,7 @@ vstor)
 	[ -x "$VSTOR_BIN" ] || die "$VSTOR_BIN not found: build it (cargo build --release -p vstor-cli) or set VSTOR_BIN"
 	# shellcheck disable=SC2206 # VSTOR_SERVE_ARGS is meant to be split into words
 	extra=(${VSTOR_SERVE_ARGS:-})
+	[ "$FORMAT_GIVEN" = 0 ] || extra=(--format "$FORMAT" "${extra[@]}")
 	log "backend: $VSTOR_BIN serve blk --image $IMG --socket $SOCK --queues $QUEUES ${extra[*]}"
 	"$VSTOR_BIN" serve blk --image "$IMG" --socket "$SOCK" --queues "$QUEUES" "${extra[@]}" \
 		</dev/null >"$BACKEND_LOG" 2>&1 &
@@ -302,6 +310,8 @@ if [ "$verdict" = PASS ] && [ "$HOST_CHECKS" = 1 ] && [ -z "$GUEST_SCRIPT" ]; th
 		verdict="the image does not hold the guest's pattern at $GUEST_PATTERN"
 	elif [ "$FORMAT" != raw ] && ! qemu-img check -q -f "$FORMAT" "$IMG"; then
 		verdict="qemu-img check failed on $IMG"
+	elif [ "$FORMAT" = qcow2 ] && [ $(($(od -An -tu1 -j79 -N1 "$IMG") & 1)) != 0 ]; then
+		verdict="$IMG still has its dirty bit set after the backend exited"
 	fi
 fi
 
