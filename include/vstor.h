@@ -185,7 +185,8 @@ typedef struct vstor_blockdev_opts {
    */
   uint32_t flags;
   /**
-   * Image format ("raw"), or NULL to probe.
+   * Image format ("raw" or "qcow2"), or NULL to probe (a probed raw image refuses writes that
+   * would make its first sector look like an image format).
    */
   const char *format;
   /**
