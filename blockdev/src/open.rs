@@ -21,6 +21,11 @@ pub struct OpenOptions {
     pub format: Option<String>,
     /// null devices: reads fill buffers with zeroes (QEMU null-co `read-zeroes=on`).
     pub read_zeroes: bool,
+    /// qcow2: bytes of L2 tables to cache (QEMU's `l2-cache-size`); `None`: enough to map the
+    /// whole disk, at most 32 MiB.
+    pub l2_cache_bytes: Option<u64>,
+    /// qcow2: bytes of refcount blocks to cache (QEMU's `refcount-cache-size`); `None`: 1 MiB.
+    pub refcount_cache_bytes: Option<u64>,
     /// Logical block size to expose (512 or 4096); `None` uses the host's.
     pub logical_block_size: Option<u32>,
 }

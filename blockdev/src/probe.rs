@@ -82,8 +82,9 @@ pub(crate) fn open_layer(
                 read_only: opts.read_only,
                 cache: opts.cache,
                 engine: opts.engine,
+                l2_cache_bytes: opts.l2_cache_bytes,
+                refcount_cache_bytes: opts.refcount_cache_bytes,
                 chain,
-                ..Default::default()
             };
             Ok(Arc::new(Qcow2Dev::open(path, &q)?))
         }

@@ -1,7 +1,7 @@
 //! `vstor serve`: vhost-user backends.
 //!
 //! ```text
-//! vstor serve blk [--image PATH] [--format raw|qcow2] [--socket PATH] [--queues N] [--queue-size N]
+//! vstor serve blk [--image PATH] [--format raw|qcow2] [--l2-cache-size SIZE] [--socket PATH] [--queues N] [--queue-size N]
 //!                 [--read-only] [--cache MODE] [--aio auto|io_uring|threads] [--poll-us US]
 //!                 [--serial S]
 //! ```
@@ -64,6 +64,17 @@ pub struct BlkArgs {
     /// Serial number reported to the guest (at most 20 bytes).
     #[arg(long, value_name = "S")]
     serial: Option<String>,
+    /// qcow2: bytes of L2 tables to cache (QEMU's l2-cache-size; K/M/G suffixes). Default:
+    /// enough to map the whole disk, at most 32 MiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    l2_cache_size: Option<u64>,
+    /// qcow2: bytes of refcount blocks to cache (QEMU's refcount-cache-size). Default 1 MiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_bytes)]
+    refcount_cache_size: Option<u64>,
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    vstor_blockdev::file::parse_size(&s.to_ascii_uppercase()).map_err(|e| e.to_string())
 }
 
 fn parse_cache(s: &str) -> Result<CacheMode, String> {
@@ -124,6 +135,8 @@ impl BlkArgs {
                 cache: self.cache,
                 engine: self.aio,
                 format,
+                l2_cache_bytes: self.l2_cache_size,
+                refcount_cache_bytes: self.refcount_cache_size,
                 ..OpenOptions::default()
             },
             blk: BlkOptions {
@@ -220,6 +233,10 @@ mod tests {
             "threads",
             "--serial",
             "SN1",
+            "--l2-cache-size",
+            "4m",
+            "--refcount-cache-size",
+            "256K",
         ])
         .unwrap();
         let o = a.to_options().unwrap();
@@ -230,6 +247,8 @@ mod tests {
         assert_eq!(o.open.cache, CacheMode::None);
         assert_eq!(o.open.engine, EngineKind::Threads);
         assert_eq!(o.blk.serial, "SN1");
+        assert_eq!(o.open.l2_cache_bytes, Some(4 << 20));
+        assert_eq!(o.open.refcount_cache_bytes, Some(256 << 10));
     }
 
     #[test]
