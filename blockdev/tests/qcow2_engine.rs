@@ -128,7 +128,10 @@ fn workload(dev: &Qcow2Dev, model: &mut [u8], seed: u64, ops: usize) {
     let mut all = vec![0u8; SIZE as usize];
     dev.read_at(&mut all, 0).unwrap();
     if let Some(i) = (0..all.len()).find(|&i| all[i] != model[i]) {
-        panic!("final read-back differs at {i:#x}: {} != {}", all[i], model[i]);
+        panic!(
+            "final read-back differs at {i:#x}: {} != {}",
+            all[i], model[i]
+        );
     }
     dev.flush().unwrap();
 }
@@ -513,5 +516,33 @@ fn external_data_files_both_ways() {
             let data = std::fs::read(dir.path().join("etrue.data")).unwrap();
             assert!(data == model, "a raw data file holds the disk as it is");
         }
+    }
+}
+
+#[test]
+fn tiny_caches_evict_and_write_back_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    for cs in [512u32, 4096] {
+        let p = new_image(
+            dir.path(),
+            &format!("tiny{cs}.qcow2"),
+            CreateOptions {
+                size: SIZE,
+                cluster_size: cs,
+                ..Default::default()
+            },
+        );
+        let opts = Qcow2Options {
+            l2_cache_bytes: Some(2 * u64::from(cs)),
+            refcount_cache_bytes: Some(2 * u64::from(cs)),
+            ..Default::default()
+        };
+        let mut model = vec![0u8; SIZE as usize];
+        {
+            let dev = Qcow2Dev::open(&p, &opts).unwrap();
+            workload(&dev, &mut model, 300 + u64::from(cs), 150);
+        }
+        check_clean(&p);
+        assert!(qemu_content(&p) == model, "tiny caches, {cs}-byte clusters");
     }
 }
