@@ -251,15 +251,20 @@ impl Meta {
     }
 
     /// Stores an L2 entry into a cached (copied) L2 table at `l2off`.
-    pub fn set_l2_entry(&mut self, l2off: u64, i2: usize, e: L2Entry) {
+    pub fn set_l2_entry(&mut self, l2off: u64, i2: usize, e: L2Entry) -> Result<()> {
+        // The table was cached by `l2_for_write`; load it again if it was evicted since.
+        self.load_l2(l2off)?;
         let es = self.hdr.l2_entry_size() as usize;
-        let t = self.l2.get(l2off).expect("L2 table cached before update");
+        let Some(t) = self.l2.get(l2off) else {
+            return Err(self.corrupt("L2 cache", format!("table {l2off:#x} vanished")));
+        };
         let at = i2 * es;
         t.data[at..at + 8].copy_from_slice(&e.word.to_be_bytes());
         if es == 16 {
             t.data[at + 8..at + 16].copy_from_slice(&e.bitmap.to_be_bytes());
         }
         t.dirty = true;
+        Ok(())
     }
 
     /// Refcount of the host cluster at `off` (0 where no refcount block exists).

@@ -122,7 +122,7 @@ impl Meta {
                 word: host | COPIED,
                 bitmap: 0,
             },
-        );
+        )?;
         self.release_old(kind, Some(host))?;
         Ok(())
     }
@@ -176,7 +176,7 @@ impl Meta {
                 word: host | COPIED,
                 bitmap,
             },
-        );
+        )?;
         if let Some(k) = released {
             self.release_old(k, Some(host))?;
         }
@@ -292,7 +292,7 @@ impl Meta {
                 bitmap: 0,
             }
         };
-        self.set_l2_entry(l2off, i2, new);
+        self.set_l2_entry(l2off, i2, new)?;
         self.release_old(kind, keep)
     }
 }

@@ -44,7 +44,7 @@ impl Meta {
         self.data.write_at(&z, host)?;
         self.data_dirty = true;
         let word = entries::compressed_descriptor(host, z.len() as u64, self.hdr.cluster_bits);
-        self.set_l2_entry(l2off, i2, L2Entry { word, bitmap: 0 });
+        self.set_l2_entry(l2off, i2, L2Entry { word, bitmap: 0 })?;
         self.release_kind(old, None);
         self.zcache = None;
         Ok(())
