@@ -55,8 +55,9 @@ pub use resize::{resize, resize_file};
 use self::meta::Meta;
 use self::read::Src;
 
-/// Deepest backing chain opened (QEMU has no limit; a loop must not recurse forever).
-pub const MAX_CHAIN_DEPTH: usize = 64;
+/// Deepest backing chain opened (QEMU has no fixed limit; each layer holds open files and a
+/// read recurses through the layers, so a hostile chain must end somewhere).
+pub const MAX_CHAIN_DEPTH: usize = 256;
 
 /// How to open a qcow2 image.
 #[derive(Debug, Clone, Default)]
