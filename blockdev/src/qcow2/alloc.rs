@@ -100,7 +100,7 @@ impl Meta {
     }
 
     /// The first cluster with refcount 0 at or after the free hint.
-    fn find_free(&mut self) -> Result<u64> {
+    pub(crate) fn find_free(&mut self) -> Result<u64> {
         let cb = self.hdr.cluster_bits;
         let mut c = self.free_hint.max(1);
         loop {

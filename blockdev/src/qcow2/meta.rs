@@ -27,6 +27,8 @@ pub(crate) struct Meta {
     pub rb: TableCache,
     /// First cluster index worth scanning for a free cluster.
     pub free_hint: u64,
+    /// The image file is known to be at least this long (it only grows while open).
+    pub file_len: u64,
     /// End of everything allocated so far (the file may be shorter: data not yet written).
     pub alloc_end: u64,
     /// Host clusters holding metadata (header, tables, refcount blocks, L2 tables).
@@ -149,6 +151,7 @@ impl Meta {
             rb: TableCache::new(rb_cap),
             free_hint: 1,
             alloc_end: end,
+            file_len,
             meta_clusters,
             deferred_frees: Vec::new(),
             data_dirty: false,
@@ -400,6 +403,14 @@ impl Meta {
         if self.hdr.dirty() {
             self.hdr.incompatible_features &= !INCOMPAT_DIRTY;
             self.write_header()?;
+        }
+        // Give back what `cover` grew beyond the last allocated cluster.
+        if self.file_len > self.alloc_end && !self.hdr.has_data_file() {
+            let real = self.file.len()?;
+            if real > self.alloc_end {
+                self.file.set_len(self.alloc_end)?;
+            }
+            self.file_len = self.alloc_end;
         }
         Ok(())
     }

@@ -86,7 +86,11 @@ impl Qcow2Queue {
             if req.op == IoOp::Write {
                 let cs = m.cluster_size();
                 let n = (cs - (guest & (cs - 1))).min(end - guest);
-                match m.in_place_target(guest, n)? {
+                let target = match m.in_place_target(guest, n)? {
+                    Some(h) => Some(h),
+                    None => m.fresh_target(guest)?,
+                };
+                match target {
                     Some(h) => push_run(&mut self.runs, guest, n, Src::Data(h)),
                     None => return Ok(false),
                 }

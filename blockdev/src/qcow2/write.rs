@@ -29,7 +29,27 @@ impl Meta {
         if self.hdr.has_data_file() {
             return Ok((guest & !(self.cluster_size() - 1), false));
         }
-        self.alloc_cluster()
+        let (host, fresh) = self.alloc_cluster()?;
+        self.cover(host + self.cluster_size())?;
+        Ok((host, fresh))
+    }
+
+    /// Extends the image file to at least `end`: a data cluster lies wholly inside the file
+    /// before anything is written to it, so later in-place writes never extend the file (an
+    /// extending O_DIRECT write serialises against every other I/O on ext4).
+    fn cover(&mut self, end: u64) -> Result<()> {
+        if end <= self.file_len {
+            return Ok(());
+        }
+        let real = self.file.len()?;
+        // Grow in steps of at least 1 MiB (close trims what was not used).
+        let step = self.cluster_size().max(1 << 20);
+        let want = end.div_ceil(step) * step;
+        if real < end {
+            self.file.set_len(want)?;
+        }
+        self.file_len = real.max(want);
+        Ok(())
     }
 
     /// Writes `data` at guest offset `guest` (any range inside the disk).
@@ -63,6 +83,44 @@ impl Meta {
         }
         self.check_data_target(host, guest)?;
         Ok(Some(host + coff))
+    }
+
+    /// For a write that must allocate, when the cluster's old content is zeroes (unallocated
+    /// without a backing file, or a zero cluster without preallocation) and the next free
+    /// cluster is fresh: allocates it, points the L2 entry at it and returns where the data
+    /// goes, for the caller to write asynchronously. The L2 entry may reach the disk before the
+    /// data does because a fresh cluster reads as zeroes, which is the old content; the file
+    /// already covers it (`cover`), and a flush makes that length durable first.
+    pub fn fresh_target(&mut self, guest: u64) -> Result<Option<u64>> {
+        if self.hdr.extended_l2() || self.hdr.has_data_file() || self.read_only {
+            return Ok(None);
+        }
+        let e = self.l2_entry(guest)?;
+        let old_zero = match self.kind_of(e) {
+            ClusterKind::Zero { host: None } => true,
+            ClusterKind::Unallocated => self.backing.is_none(),
+            _ => false,
+        };
+        if !old_zero || self.find_free()? < self.alloc_end {
+            // Copy-on-write needed, or the allocator would reuse a cluster with old data.
+            return Ok(None);
+        }
+        let cs = self.cluster_size();
+        let (l2off, i2) = self.l2_for_write(guest)?;
+        let (host, fresh) = self.alloc_data(guest)?;
+        if !fresh {
+            self.data.write_at(&vec![0u8; cs as usize], host)?;
+        }
+        self.set_l2_entry(
+            l2off,
+            i2,
+            L2Entry {
+                word: host | COPIED,
+                bitmap: 0,
+            },
+        )?;
+        self.data_dirty = true;
+        Ok(Some(host + (guest & (cs - 1))))
     }
 
     /// Writes `data` inside the cluster containing `guest`.
