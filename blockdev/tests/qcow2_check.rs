@@ -24,7 +24,10 @@ fn have_qemu() -> bool {
             .is_ok_and(|o| o.status.success());
     // The peers are part of the test: missing tools fail it (scripts/install-deps.sh installs
     // qemu-utils) rather than letting it pass without checking anything.
-    assert!(ok, "qemu-img and qemu-io are needed (apt-get install qemu-utils)");
+    assert!(
+        ok,
+        "qemu-img and qemu-io are needed (apt-get install qemu-utils)"
+    );
     ok
 }
 

@@ -257,7 +257,10 @@ mod tests {
         let err = a.to_options().unwrap_err();
         assert!(err.contains("vmdk"), "{err}");
         let q = parse(&["blk", "--image", "x.qcow2", "--format", "qcow2"]).unwrap();
-        assert_eq!(q.to_options().unwrap().open.format.as_deref(), Some("qcow2"));
+        assert_eq!(
+            q.to_options().unwrap().open.format.as_deref(),
+            Some("qcow2")
+        );
         assert!(parse(&["blk", "--cache", "sometimes"]).is_err());
         assert!(parse(&["blk", "--aio", "posix"]).is_err());
         assert!(parse(&["blk", "--queues", "-1"]).is_err());

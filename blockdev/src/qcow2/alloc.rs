@@ -111,7 +111,7 @@ impl Meta {
             if off >= self.alloc_end {
                 return Ok(off);
             }
-            if !self.meta_clusters.contains(&off) && self.refcount(off)? == 0 {
+            if !self.is_meta(off) && self.refcount(off)? == 0 {
                 self.free_hint = c;
                 return Ok(off);
             }

@@ -33,6 +33,8 @@ pub(crate) struct Meta {
     pub alloc_end: u64,
     /// Host clusters holding metadata (header, tables, refcount blocks, L2 tables).
     pub meta_clusters: BTreeSet<u64>,
+    /// Sorted, disjoint [start, end) byte ranges of the snapshot table and snapshot L1 tables.
+    pub snap_ranges: Vec<(u64, u64)>,
     /// Clusters whose refcount drops once the L2/L1 changes that stopped using them are on disk.
     pub deferred_frees: Vec<u64>,
     /// Data was written since the last flush.
@@ -112,13 +114,26 @@ impl Meta {
                 return Err(Error::corrupt(&name, field(), why));
             }
         }
+        // The snapshot table and the snapshots' L1 tables must never be overwritten. They are
+        // kept as merged ranges: 65536 snapshots of 32 MiB L1 tables are legal, and a set of
+        // their clusters would take billions of inserts.
+        let mut snap_ranges = Vec::new();
         if hdr.nb_snapshots > 0 {
-            // The snapshot table and the snapshots' L1 tables must never be overwritten.
             let (table_len, l1s) = snapshot_extents(&*file, &hdr)?;
+            snap_ranges.push((
+                hdr.snapshots_offset / cs * cs,
+                hdr.snapshots_offset + table_len,
+            ));
             for (off, n) in l1s {
-                add_range(&mut meta_clusters, off, u64::from(n) * 8);
+                snap_ranges.push((off / cs * cs, off + u64::from(n) * 8));
             }
-            add_range(&mut meta_clusters, hdr.snapshots_offset, table_len);
+            snap_ranges = merge_ranges(snap_ranges);
+        }
+        let in_snap = |off: u64| in_ranges(&snap_ranges, off);
+        if let Some(&b) = meta_clusters.iter().find(|&&c| c != 0 && in_snap(c)) {
+            let why =
+                format!("cluster {b:#x} is used by a refcount structure and a snapshot table");
+            return Err(Error::corrupt(&name, "snapshot table", why));
         }
         let fixed = meta_clusters.clone();
         for (i, &e) in l1.iter().enumerate() {
@@ -129,7 +144,7 @@ impl Meta {
             }
             let why = if !inside(off) {
                 "is past the end of the file"
-            } else if fixed.contains(&off) {
+            } else if fixed.contains(&off) || in_snap(off) {
                 "overlaps the header, a refcount structure or a snapshot table"
             } else {
                 meta_clusters.insert(off);
@@ -153,6 +168,7 @@ impl Meta {
             alloc_end: end,
             file_len,
             meta_clusters,
+            snap_ranges,
             deferred_frees: Vec::new(),
             data_dirty: false,
             data: file.clone(),
@@ -178,6 +194,11 @@ impl Meta {
             };
         }
         k
+    }
+
+    /// Whether the cluster at `c` holds metadata.
+    pub fn is_meta(&self, c: u64) -> bool {
+        self.meta_clusters.contains(&c) || in_ranges(&self.snap_ranges, c)
     }
 
     /// Index of the L1 entry and the L2 entry for a guest offset.
@@ -438,7 +459,7 @@ impl Meta {
         }
         let cs = self.cluster_size();
         let c = host / cs * cs;
-        if self.meta_clusters.contains(&c) {
+        if self.is_meta(c) {
             return Err(self.mark_corrupt(
                 format!("L2 entry for guest offset {guest:#x}"),
                 format!("data cluster {c:#x} overlaps metadata"),
@@ -538,4 +559,23 @@ pub(crate) fn snapshot_extents(
         ));
     }
     Ok((len, l1s))
+}
+
+/// Sorts and merges [start, end) ranges.
+fn merge_ranges(mut r: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    r.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(r.len());
+    for (a, b) in r {
+        match out.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// Whether `off` lies in one of the sorted, disjoint ranges.
+fn in_ranges(r: &[(u64, u64)], off: u64) -> bool {
+    let i = r.partition_point(|&(a, _)| a <= off);
+    i > 0 && off < r[i - 1].1
 }

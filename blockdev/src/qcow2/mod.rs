@@ -374,10 +374,11 @@ impl BlockDev for Qcow2Dev {
                     drop(m);
                     let bsize = b.info().size;
                     if offset >= bsize {
+                        // Past the end of a shorter backing file: zeroes from this layer, as
+                        // qemu-img map reports them (depth 0).
                         MapExtent {
                             zero: true,
                             present: false,
-                            depth: 1,
                             ..ext
                         }
                     } else {
