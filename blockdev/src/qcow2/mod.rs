@@ -39,6 +39,7 @@ pub mod check;
 pub mod compress;
 pub mod create;
 pub mod entries;
+pub mod fuzzing;
 pub mod header;
 mod meta;
 mod queue;
