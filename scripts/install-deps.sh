@@ -3,7 +3,8 @@
 #
 # Usage: scripts/install-deps.sh [--base]
 #   --base   only what the cargo tests, the C ABI tests and the benchmark scripts need (jq,
-#            valgrind, abigail-tools, pkg-config, g++); without it also
+#            valgrind, abigail-tools, pkg-config, g++, qemu-utils if qemu-img is missing);
+#            without it also
 #            the guest test's packages (QEMU system emulator, kernel, busybox, fio; see
 #            tests/guest/setup.sh).
 # Rust itself (stable, with rustfmt and clippy) must already be installed.
@@ -24,6 +25,15 @@ if [ ${#missing[@]} -gt 0 ]; then
 	echo "install-deps: installing ${missing[*]}"
 	$SUDO apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
+fi
+
+# qemu-img / qemu-io are the peers of the format tests. Machines ship qemu-utils 10.0; only if
+# they are missing is Debian's installed (the guest test's setup installs it with
+# qemu-system-x86 in one command, as the two must match).
+if ! command -v qemu-img >/dev/null || ! command -v qemu-io >/dev/null; then
+	echo "install-deps: installing qemu-utils (qemu-img, qemu-io)"
+	$SUDO apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq qemu-utils
 fi
 
 for tool in cargo rustfmt cargo-clippy; do

@@ -63,10 +63,16 @@ cargo build --release -p vstor-cli
 step "Linux guest: vhost-user-blk-pci on vstor serve blk (TCG)"
 tests/guest/run-blk.sh --backend vstor
 
+step "Linux guest: the same on a qcow2 image"
+tests/guest/run-blk.sh --backend vstor --format qcow2
+
 step "benchmark smoke run against qemu-storage-daemon"
 benches/scripts/compare-qsd.sh --quick
 
 step "benchmark smoke run: C ABI cost per request (ns, callgrind instructions)"
 benches/scripts/capi-bench.sh --quick
+
+step "benchmark smoke run: qcow2, vstor img bench against qemu-img bench"
+benches/scripts/qcow2-bench.sh --quick
 
 step "all tests passed"
