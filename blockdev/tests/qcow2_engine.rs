@@ -546,3 +546,56 @@ fn tiny_caches_evict_and_write_back_in_order() {
         assert!(qemu_content(&p) == model, "tiny caches, {cs}-byte clusters");
     }
 }
+
+#[test]
+fn write_through_makes_every_completed_write_durable_without_flush() {
+    use vstor_blockdev::image::MemImage;
+    use vstor_blockdev::CacheMode;
+    let file = Arc::new(MemImage::new(Vec::new(), 64 << 20));
+    qcow2::create(
+        &*file,
+        &CreateOptions {
+            size: SIZE,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let wt = Qcow2Options {
+        cache: CacheMode::Writethrough,
+        ..Default::default()
+    };
+    let as_file: Arc<dyn ImageFile> = file.clone();
+    let dev = Qcow2Dev::open_file(as_file, &wt, None).unwrap();
+    assert!(
+        !dev.info().write_cache,
+        "write-through: no volatile cache to flush"
+    );
+    let mut q = dev.open_queue(&QueueOptions { depth: 4 }).unwrap();
+    let mut a = vec![0xa1u8; 4096];
+    run(&mut *q, IoOp::Write, 3 << 20, &mut a, 4096);
+    dev.write_at(&[0xb2; 512], 5 << 20).unwrap();
+    run(
+        &mut *q,
+        IoOp::WriteZeroes { may_unmap: false },
+        1 << 20,
+        &mut [],
+        65536,
+    );
+    // "Crash": take the bytes as they are, with no flush and no close.
+    let crashed: Arc<dyn ImageFile> = Arc::new(MemImage::new(file.bytes(), 64 << 20));
+    let ro = Qcow2Options {
+        read_only: true,
+        ..Default::default()
+    };
+    let after = Qcow2Dev::open_file(crashed, &ro, None).unwrap();
+    let mut b = vec![0u8; 4096];
+    after.read_at(&mut b, 3 << 20).unwrap();
+    assert!(b.iter().all(|&x| x == 0xa1), "queued write durable");
+    after.read_at(&mut b[..512], 5 << 20).unwrap();
+    assert!(b[..512].iter().all(|&x| x == 0xb2), "sync write durable");
+    assert!(
+        after.map(1 << 20, 65536).unwrap().zero,
+        "write-zeroes durable"
+    );
+    drop(q);
+}

@@ -41,6 +41,9 @@ pub(crate) struct Meta {
     pub data_dirty: bool,
     /// Refcounts are not kept on disk while open (lazy refcounts): the dirty bit says so.
     pub lazy: bool,
+    /// The cache mode writes through (writethrough, directsync): metadata is written back
+    /// after every change instead of at flushes.
+    pub write_through: bool,
     /// Where guest data lives (the image itself, or the external data file).
     pub data: Arc<dyn ImageFile>,
     /// The backing device, if any.
@@ -171,6 +174,7 @@ impl Meta {
             snap_ranges,
             deferred_frees: Vec::new(),
             data_dirty: false,
+            write_through: false,
             data: file.clone(),
             file,
             backing: None,
@@ -338,6 +342,9 @@ impl Meta {
         let metadata_dirty = self.l1_dirty || self.l2.any_dirty();
         if self.data_dirty || metadata_dirty {
             // Data (and copy-on-write) before the tables that point at it.
+            if self.hdr.has_data_file() {
+                self.data.flush()?;
+            }
             self.file.flush()?;
             self.data_dirty = false;
         }
@@ -388,6 +395,15 @@ impl Meta {
             self.file.write_at(&bytes, self.hdr.refcount_table_offset)?;
             self.file.flush()?;
             self.reftable_dirty = false;
+        }
+        Ok(())
+    }
+
+    /// In write-through mode (the guest sees no volatile cache and sends no flushes), makes
+    /// the metadata of a completed change durable before the change completes.
+    pub fn commit_if_write_through(&mut self) -> Result<()> {
+        if self.write_through && (self.l1_dirty || self.l2.any_dirty() || self.rb.any_dirty()) {
+            self.write_back()?;
         }
         Ok(())
     }

@@ -255,6 +255,7 @@ impl Qcow2Dev {
             meta.data = d;
         }
         meta.backing = backing;
+        meta.write_through = opts.cache.write_through();
         let info = BlockInfo {
             size: hdr.size / 512 * 512,
             logical_block_size: 512,
@@ -265,7 +266,7 @@ impl Qcow2Dev {
             discard_zeroes: false,
             write_zeroes: !read_only,
             secure_erase: false,
-            write_cache: true,
+            write_cache: !opts.cache.write_through(),
             max_discard_bytes: 1 << 30,
             cache: opts.cache,
             description: format!("qcow2 {name}"),

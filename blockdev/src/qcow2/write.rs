@@ -62,7 +62,7 @@ impl Meta {
             data = &data[n..];
             guest += n as u64;
         }
-        Ok(())
+        self.commit_if_write_through()
     }
 
     /// The host offset a write of `len` bytes at `guest` can go to without any metadata change
@@ -120,6 +120,8 @@ impl Meta {
             },
         )?;
         self.data_dirty = true;
+        // Safe before the data lands, as above.
+        self.commit_if_write_through()?;
         Ok(Some(host + (guest & (cs - 1))))
     }
 
@@ -321,7 +323,7 @@ impl Meta {
             guest += n;
         }
         self.zcache = None;
-        Ok(())
+        self.commit_if_write_through()
     }
 
     fn zero_cluster(&mut self, guest: u64, e: L2Entry, unmap: bool, discard: bool) -> Result<()> {

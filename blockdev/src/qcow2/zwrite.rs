@@ -47,7 +47,7 @@ impl Meta {
         self.set_l2_entry(l2off, i2, L2Entry { word, bitmap: 0 })?;
         self.release_kind(old, None);
         self.zcache = None;
-        Ok(())
+        self.commit_if_write_through()
     }
 
     /// Allocates `len` bytes (at most a cluster) for compressed data, continuing in the host
