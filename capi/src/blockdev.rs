@@ -172,6 +172,9 @@ fn open_options(o: &vstor_blockdev_opts, format: Option<&str>) -> CResult<OpenOp
             0 => None,
             n => Some(n),
         },
+        // qcow2 caches: QEMU's defaults (the C ABI has no fields for them yet).
+        l2_cache_bytes: None,
+        refcount_cache_bytes: None,
     })
 }
 
