@@ -89,6 +89,14 @@ pub struct L2Entry {
 }
 
 impl L2Entry {
+    /// A standard entry for data at `host`, owned by this table alone (COPIED).
+    pub fn data(host: u64) -> L2Entry {
+        L2Entry {
+            word: host | COPIED,
+            bitmap: 0,
+        }
+    }
+
     /// Decodes the descriptor.
     pub fn kind(self, cluster_bits: u32, extended: bool) -> ClusterKind {
         let w = self.word;

@@ -355,14 +355,7 @@ impl Meta {
             // dirty bit, which makes the next read-write open repair the refcounts.
             self.mark_dirty()?;
         }
-        if self.l2.any_dirty() {
-            for off in self.l2.dirty_offsets() {
-                let t = self.l2.get(off).expect("dirty table cached");
-                self.file.write_at(&t.data, off)?;
-                t.dirty = false;
-            }
-            self.file.flush()?;
-        }
+        write_dirty_tables(&*self.file, &mut self.l2)?;
         if self.l1_dirty {
             let bytes = u64_table_bytes(&self.l1);
             self.file.write_at(&bytes, self.hdr.l1_table_offset)?;
@@ -382,14 +375,7 @@ impl Meta {
 
     /// Writes dirty refcount blocks, then the refcount table, with flushes after each.
     pub fn write_refcounts(&mut self) -> Result<()> {
-        if self.rb.any_dirty() {
-            for off in self.rb.dirty_offsets() {
-                let t = self.rb.get(off).expect("dirty block cached");
-                self.file.write_at(&t.data, off)?;
-                t.dirty = false;
-            }
-            self.file.flush()?;
-        }
+        write_dirty_tables(&*self.file, &mut self.rb)?;
         if self.reftable_dirty {
             let bytes = u64_table_bytes(&self.reftable);
             self.file.write_at(&bytes, self.hdr.refcount_table_offset)?;
@@ -492,6 +478,21 @@ impl Meta {
         }
         Ok(())
     }
+}
+
+/// Writes every dirty table of a cache in offset order, then flushes.
+fn write_dirty_tables(file: &dyn ImageFile, cache: &mut TableCache) -> Result<()> {
+    let dirty = cache.dirty_offsets();
+    if dirty.is_empty() {
+        return Ok(());
+    }
+    for off in dirty {
+        if let Some(t) = cache.get(off) {
+            file.write_at(&t.data, off)?;
+            t.dirty = false;
+        }
+    }
+    file.flush()
 }
 
 /// Reads a table of `n` big-endian u64 at `off`.

@@ -111,14 +111,7 @@ impl Meta {
         if !fresh {
             self.data.write_at(&vec![0u8; cs as usize], host)?;
         }
-        self.set_l2_entry(
-            l2off,
-            i2,
-            L2Entry {
-                word: host | COPIED,
-                bitmap: 0,
-            },
-        )?;
+        self.set_l2_entry(l2off, i2, L2Entry::data(host))?;
         self.data_dirty = true;
         // Safe before the data lands, as above.
         self.commit_if_write_through()?;
@@ -175,14 +168,7 @@ impl Meta {
             self.data.write_at(&buf, host)?;
         }
         self.data_dirty = true;
-        self.set_l2_entry(
-            l2off,
-            i2,
-            L2Entry {
-                word: host | COPIED,
-                bitmap: 0,
-            },
-        )?;
+        self.set_l2_entry(l2off, i2, L2Entry::data(host))?;
         self.release_old(kind, Some(host))?;
         Ok(())
     }
