@@ -664,13 +664,25 @@ fn open_errors_name_the_path_and_format() {
 
     let f = temp_file(MIB);
     let name = f.path().to_str().unwrap();
+    // A raw file opened as qcow2: the error names the file and the header field.
     let o = OpenOptions {
         format: Some("qcow2".into()),
         ..Default::default()
     };
     let e = open(name, &o).err().unwrap();
     assert!(
-        matches!(&e, Error::Unsupported { .. }) && e.to_string().contains("qcow2"),
+        matches!(&e, Error::Corrupt { .. })
+            && e.to_string().contains(name)
+            && e.to_string().contains("header.magic"),
+        "{e}"
+    );
+    let o = OpenOptions {
+        format: Some("vmdk".into()),
+        ..Default::default()
+    };
+    let e = open(name, &o).err().unwrap();
+    assert!(
+        matches!(&e, Error::Unsupported { .. }) && e.to_string().contains("vmdk"),
         "{e}"
     );
     let o = OpenOptions {

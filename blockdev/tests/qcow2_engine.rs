@@ -599,3 +599,58 @@ fn write_through_makes_every_completed_write_durable_without_flush() {
     );
     drop(q);
 }
+
+#[test]
+fn writers_clear_the_bitmaps_autoclear_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = new_image(
+        dir.path(),
+        "bm.qcow2",
+        CreateOptions {
+            size: SIZE,
+            ..Default::default()
+        },
+    );
+    let o = qemu_img(&["bitmap", "--add", p.to_str().unwrap(), "b0"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let autoclear = |p: &Path| {
+        vstor_blockdev::qcow2::Header::read(
+            &FileImage::open(
+                p,
+                &OpenOptions {
+                    read_only: true,
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+        )
+        .unwrap()
+        .autoclear_features
+    };
+    assert_eq!(autoclear(&p) & 1, 1, "qemu-img set the bitmaps bit");
+    // Read-only: untouched.
+    drop(
+        Qcow2Dev::open(
+            &p,
+            &Qcow2Options {
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    assert_eq!(autoclear(&p) & 1, 1);
+    // Read-write: cleared, since vstor does not update the bitmap on writes.
+    let dev = open(&p);
+    dev.write_at(&[1u8; 4096], 0).unwrap();
+    dev.close().unwrap();
+    drop(dev);
+    assert_eq!(autoclear(&p) & 1, 0);
+    // The bitmap's clusters are now unreferenced: leaks (exit 3), never corruption (exit 2).
+    let o = qemu_img(&["check", p.to_str().unwrap()]);
+    assert!(
+        matches!(o.status.code(), Some(0) | Some(3)),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+}

@@ -256,6 +256,12 @@ impl Qcow2Dev {
         }
         meta.backing = backing;
         meta.write_through = opts.cache.write_through();
+        if !read_only && meta.hdr.autoclear_features & !header::AUTOCLEAR_DATA_FILE_RAW != 0 {
+            // Autoclear features we do not maintain (bitmaps) must be cleared by a writer, so
+            // that QEMU does not trust bitmaps that missed our writes.
+            meta.hdr.autoclear_features &= header::AUTOCLEAR_DATA_FILE_RAW;
+            meta.write_header()?;
+        }
         let info = BlockInfo {
             size: hdr.size / 512 * 512,
             logical_block_size: 512,
