@@ -97,3 +97,26 @@ pub fn gather(iovs: &[IoVec], dst: &mut [u8]) {
         }
     }
 }
+
+/// The part `[skip, skip+len)` of a buffer list, as a new list over the same memory (the
+/// caller's promise for the original buffers covers the parts).
+pub fn sub_range(iovs: &[IoVec], mut skip: u64, mut len: u64) -> Vec<IoVec> {
+    let mut out = Vec::new();
+    for v in iovs {
+        if len == 0 {
+            break;
+        }
+        let vl = v.len() as u64;
+        if skip >= vl {
+            skip -= vl;
+            continue;
+        }
+        let n = (vl - skip).min(len);
+        // SAFETY: the new IoVec is a sub-range of one whose creator vouched for it until the
+        // request completes (skip + n <= its length).
+        out.push(unsafe { IoVec::new(v.as_ptr().add(skip as usize), n as usize) });
+        skip = 0;
+        len -= n;
+    }
+    out
+}

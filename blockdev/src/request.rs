@@ -119,3 +119,64 @@ pub trait IoQueue: Send {
     /// How many requests can be in flight at once.
     fn depth(&self) -> usize;
 }
+
+/// Runs one request of `len` bytes at `offset` through `q` and waits for it, for tools, tests
+/// and fuzzing: reads and writes use `buf` (exactly `len` bytes), which stays borrowed until
+/// the request has completed, so callers need no `unsafe`. The queue should be otherwise idle
+/// (completions of other requests reaped while waiting are dropped).
+pub fn run_blocking(
+    q: &mut dyn IoQueue,
+    op: IoOp,
+    offset: u64,
+    len: u64,
+    buf: &mut [u8],
+) -> Result<()> {
+    const TAG: u64 = u64::MAX;
+    let data = matches!(op, IoOp::Read | IoOp::Write);
+    if data && buf.len() as u64 != len {
+        return Err(crate::Error::InvalidOption {
+            name: "len",
+            value: len.to_string(),
+            reason: format!("the buffer holds {} bytes", buf.len()),
+        });
+    }
+    let iovecs = if data {
+        // SAFETY: `buf` is mutably borrowed for this whole call and the request completes (or
+        // fails) before the call returns, so the memory outlives the request and nothing else
+        // touches it meanwhile.
+        vec![unsafe { IoVec::from_slice(buf) }]
+    } else {
+        Vec::new()
+    };
+    let req = IoRequest {
+        op,
+        offset,
+        len,
+        iovecs,
+        tag: TAG,
+    };
+    if let Submitted::Done(r) = q.submit(req)? {
+        return r;
+    }
+    q.kick()?;
+    let mut out = Vec::new();
+    loop {
+        out.clear();
+        q.reap(&mut out);
+        if let Some(c) = out.iter_mut().find(|c| c.tag == TAG) {
+            return std::mem::replace(&mut c.result, Ok(()));
+        }
+        match q.completion_fd() {
+            Some(fd) => {
+                let mut p = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: `p` is a valid pollfd for the duration of the call.
+                unsafe { libc::poll(&mut p, 1, 100) };
+            }
+            None => std::thread::yield_now(),
+        }
+    }
+}

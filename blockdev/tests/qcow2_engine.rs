@@ -8,9 +8,7 @@ use std::sync::Arc;
 
 use vstor_blockdev::image::{FileImage, ImageFile};
 use vstor_blockdev::qcow2::{self, create_path, CreateOptions, Qcow2Dev, Qcow2Options};
-use vstor_blockdev::{
-    BlockDev, IoOp, IoQueue, IoRequest, IoVec, OpenOptions, QueueOptions, Submitted,
-};
+use vstor_blockdev::{BlockDev, IoOp, IoQueue, OpenOptions, QueueOptions};
 
 const SIZE: u64 = 8 << 20;
 
@@ -60,31 +58,7 @@ impl Rng {
 
 /// Runs one request through a queue and waits for it.
 fn run(q: &mut dyn IoQueue, op: IoOp, off: u64, buf: &mut [u8], len: u64) {
-    // SAFETY: `buf` outlives the request, which is waited for below.
-    let iov = unsafe { IoVec::from_slice(buf) };
-    let req = IoRequest {
-        op,
-        offset: off,
-        len,
-        iovecs: if matches!(op, IoOp::Read | IoOp::Write) {
-            vec![iov]
-        } else {
-            vec![]
-        },
-        tag: 7,
-    };
-    match q.submit(req).unwrap() {
-        Submitted::Done(r) => r.unwrap(),
-        Submitted::Queued => {
-            q.kick().unwrap();
-            let mut out = Vec::new();
-            while q.reap(&mut out) == 0 {
-                std::thread::yield_now();
-            }
-            assert_eq!(out[0].tag, 7);
-            out.pop().unwrap().result.unwrap();
-        }
-    }
+    vstor_blockdev::request::run_blocking(q, op, off, len, buf).unwrap();
 }
 
 fn workload(dev: &Qcow2Dev, model: &mut [u8], seed: u64, ops: usize) {
@@ -449,19 +423,9 @@ fn probing_and_the_block_zero_guard() {
     // Through a queue too, and a partial write that completes a signature.
     let mut q = d.open_queue(&QueueOptions::default()).unwrap();
     let mut b = b"QFI".to_vec();
-    // SAFETY: `b` outlives the request (completed synchronously or waited for).
-    let iov = unsafe { IoVec::from_slice(&mut b) };
     d.write_at(&[0, 0, 0, 0xfb], 0).unwrap();
-    let r = q
-        .submit(IoRequest {
-            op: IoOp::Write,
-            offset: 0,
-            len: 3,
-            iovecs: vec![iov],
-            tag: 1,
-        })
-        .unwrap();
-    assert!(matches!(r, Submitted::Done(Err(_))), "{r:?}");
+    let r = vstor_blockdev::request::run_blocking(&mut *q, IoOp::Write, 0, 3, &mut b);
+    assert!(r.is_err(), "{r:?}");
     d.write_at(&[1u8; 512], 512).unwrap();
     // An explicit raw format lifts the guard.
     let d = vstor_blockdev::open(

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use super::{Qcow2Dev, Qcow2Options};
 use crate::image::{ImageFile, MemImage};
-use crate::iovec::IoVec;
 use crate::request::{IoOp, IoRequest, Submitted};
 use crate::types::{BlockDev, QueueOptions};
 
@@ -130,29 +129,7 @@ fn overlaps(w: Option<(u64, usize, u8)>, off: u64, len: usize) -> bool {
 
 /// A write through the queue, waited for; whether it succeeded.
 fn queued_write(queue: &mut Option<Box<dyn crate::IoQueue>>, buf: &mut [u8], off: u64) -> bool {
-    let Some(q) = queue.as_mut() else {
-        return false;
-    };
-    // SAFETY: `buf` outlives the request, which completes before this function returns (it is
-    // synchronous on a memory image, or reaped below).
-    let iov = unsafe { IoVec::from_slice(buf) };
-    let req = IoRequest {
-        op: IoOp::Write,
-        offset: off,
-        len: buf.len() as u64,
-        iovecs: vec![iov],
-        tag: 1,
-    };
-    match q.submit(req) {
-        Ok(Submitted::Done(r)) => r.is_ok(),
-        Ok(Submitted::Queued) => {
-            let _ = q.kick();
-            let mut out = Vec::new();
-            while q.reap(&mut out) == 0 {
-                std::thread::yield_now();
-            }
-            out.iter().all(|c| c.result.is_ok())
-        }
-        Err(_) => false,
-    }
+    queue.as_mut().is_some_and(|q| {
+        crate::request::run_blocking(&mut **q, IoOp::Write, off, buf.len() as u64, buf).is_ok()
+    })
 }

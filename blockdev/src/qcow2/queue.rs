@@ -151,7 +151,7 @@ impl Qcow2Queue {
         let runs = std::mem::take(&mut self.runs);
         let mut result = Ok(());
         for &(guest, len, src) in &runs {
-            let bufs = slice_iovecs(&req.iovecs, guest - req.offset, len);
+            let bufs = iovec::sub_range(&req.iovecs, guest - req.offset, len);
             match src {
                 Src::Data(host) => {
                     let sub = IoRequest {
@@ -203,7 +203,7 @@ impl Qcow2Queue {
                     what: "non-data run".into(),
                 }));
             };
-            let bufs = slice_iovecs(&req.iovecs, guest - req.offset, len);
+            let bufs = iovec::sub_range(&req.iovecs, guest - req.offset, len);
             match self.data.write_vectored_inline(&bufs, host) {
                 Ok(true) => {}
                 Ok(false) if i == 0 => return None,
@@ -260,28 +260,6 @@ fn push_run(runs: &mut Vec<(u64, u64, Src)>, guest: u64, len: u64, src: Src) {
         }
     }
     runs.push((guest, len, src));
-}
-
-/// The part `[skip, skip+len)` of a buffer list.
-fn slice_iovecs(iovs: &[IoVec], mut skip: u64, mut len: u64) -> Vec<IoVec> {
-    let mut out = Vec::new();
-    for v in iovs {
-        let vl = v.len() as u64;
-        if skip >= vl {
-            skip -= vl;
-            continue;
-        }
-        let n = (vl - skip).min(len);
-        // SAFETY: the new IoVec is a sub-range of one the submitter vouched for until the
-        // request completes (skip + n <= its length).
-        out.push(unsafe { IoVec::new(v.as_ptr().add(skip as usize), n as usize) });
-        skip = 0;
-        len -= n;
-        if len == 0 {
-            break;
-        }
-    }
-    out
 }
 
 impl IoQueue for Qcow2Queue {
