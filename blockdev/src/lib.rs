@@ -7,10 +7,12 @@
 //! for files, a thread pool where io_uring is refused) and signals completions through an eventfd
 //! the embedder can poll.
 //!
-//! Formats translate guest ranges into host ranges; protocols move bytes. This crate starts with
-//! the protocols: regular files and host block devices ([`mod@file`], [`FileDev`]), [`null`] and
-//! [`memory`]; file-backed queues run on an I/O [`engine`] (io_uring, or threads where io_uring
-//! is refused), chosen once by one factory.
+//! Formats translate guest ranges into host ranges; protocols move bytes. Protocols: regular
+//! files and host block devices ([`mod@file`], [`FileDev`]), [`null`] and [`memory`];
+//! file-backed queues run on an I/O [`engine`] (io_uring, or threads where io_uring is
+//! refused), chosen once by one factory. Formats: raw, and [`qcow2`], which sits on an
+//! [`image::ImageFile`]; [`open()`] honours an explicit format or probes ([`probe`], with the
+//! raw block-0 guard).
 //!
 //! ```
 //! use vstor_blockdev::{memory::MemoryDev, BlockDev};
@@ -21,6 +23,19 @@
 //! dev.read_at(&mut buf, 4096).unwrap();
 //! assert_eq!(&buf, b"hello");
 //! assert_eq!(dev.info().size, 1 << 20);
+//! ```
+//!
+//! A qcow2 image (see [`qcow2`] for one in memory):
+//!
+//! ```no_run
+//! use vstor_blockdev::qcow2::{create_path, CreateOptions};
+//! use vstor_blockdev::{open, BlockDev, OpenOptions};
+//!
+//! let path = std::path::Path::new("/tmp/disk.qcow2");
+//! create_path(path, &CreateOptions { size: 1 << 30, ..Default::default() }).unwrap();
+//! let dev = open("/tmp/disk.qcow2", &OpenOptions::default()).unwrap(); // probed: qcow2
+//! dev.write_at(b"data", 0).unwrap();
+//! dev.close().unwrap();
 //! ```
 #![deny(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
