@@ -1,6 +1,6 @@
 //! The byte store a format lives in: an [`ImageFile`] is a protocol seen from above a format
 //! (it grows on writes past its end, reads as zeroes there, and can be truncated), as opposed
-//! to a [`BlockDev`](crate::BlockDev), which has a fixed size a guest sees.
+//! to a [`BlockDev`], which has a fixed size a guest sees.
 //!
 //! Implementations: [`FileImage`] (a regular file or host block device, data I/O through the
 //! file's engine), [`MemImage`] (memory, for tests and fuzzing). Test suites add their own

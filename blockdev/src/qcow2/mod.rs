@@ -5,7 +5,7 @@
 //! One type spread over files by concern: [`header`] and [`entries`] (on-disk formats), `meta`
 //! (open-image state and ordered write-back), `cache` (table caches), `alloc` (clusters and
 //! refcounts), `read` and `write` (the synchronous paths), `queue` (the asynchronous fast path),
-//! [`create`], [`check`], [`snapshot`] and [`compress`].
+//! [`mod@create`], [`check`], [`snapshot`] and [`compress`].
 //!
 //! ```
 //! use std::sync::Arc;
