@@ -1,18 +1,30 @@
-//! vstor-scsi-disk: SCSI targets and logical units over a vstor `BlockDev` (no virtio).
+//! vstor-scsi-disk: SCSI logical units over a vstor `BlockDev` (no virtio).
 //!
-//! **Not built yet** (issue #5, "The SCSI stack"): this crate holds no code so far, so that the
-//! workspace already has the shape of the design and the dependency direction is fixed —
-//! `scsi-disk` depends on `vstor-blockdev` only, and knows nothing of virtio. What will live here:
-//! CDB parsing through one opcode table, sense data, VPD and mode pages, unit attentions and
-//! reservations; `virtio-scsi` and a future C ABI entry point will drive it.
-//!
-//! The block devices it will sit on already exist:
+//! A [`LogicalUnit`] executes one CDB with its data-out and data-in buffers and returns a
+//! status, the bytes transferred and sense data (fixed or descriptor format, with field
+//! pointers where SPC asks for them). Commands are dispatched from one table ([`table`]) that
+//! also feeds REPORT SUPPORTED OPERATION CODES; unit attentions are kept per I_T nexus.
 //!
 //! ```
-//! use vstor_blockdev::{memory::MemoryDev, BlockDev};
+//! use std::sync::Arc;
+//! use vstor_blockdev::memory::MemoryDev;
+//! use vstor_scsi_disk::{Command, LogicalUnit, LunOptions};
 //!
-//! // A logical unit's backing store, as scsi-disk will receive it.
-//! let dev = MemoryDev::new(64 << 20, Default::default()).unwrap();
-//! assert_eq!(dev.info().logical_block_size, 512);
+//! let dev = Arc::new(MemoryDev::new(64 << 20, Default::default()).unwrap());
+//! let lun = LogicalUnit::new(dev, LunOptions::default());
+//! let mut buf = [0u8; 36];
+//! // INQUIRY, allocation length 36.
+//! let out = lun.execute(&mut Command { cdb: &[0x12, 0, 0, 0, 36, 0], data_out: &[], data_in: &mut buf, nexus: 1 });
+//! assert_eq!(out.status, 0);
+//! assert_eq!(&buf[8..13], b"VSTOR");
 //! ```
 #![deny(missing_docs)]
+
+pub mod lun;
+pub mod sbc;
+pub mod sense;
+pub mod spc;
+pub mod table;
+
+pub use lun::{status, Command, LogicalUnit, LunOptions, Outcome};
+pub use sense::Sense;

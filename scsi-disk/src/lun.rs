@@ -1,0 +1,263 @@
+//! A logical unit: executes one CDB at a time over a `BlockDev`, dispatching through the opcode
+//! table, with unit attentions per I_T nexus and sense in the format the control mode page asks
+//! for.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vstor_blockdev::BlockDev;
+
+use crate::sense::Sense;
+use crate::table::{self, OpInfo};
+
+/// SCSI status codes (SAM-5).
+pub mod status {
+    /// GOOD.
+    pub const GOOD: u8 = 0x00;
+    /// CHECK CONDITION (sense data follows).
+    pub const CHECK_CONDITION: u8 = 0x02;
+    /// CONDITION MET.
+    pub const CONDITION_MET: u8 = 0x04;
+    /// BUSY.
+    pub const BUSY: u8 = 0x08;
+    /// RESERVATION CONFLICT.
+    pub const RESERVATION_CONFLICT: u8 = 0x18;
+}
+
+/// What a logical unit reports about itself.
+#[derive(Debug, Clone)]
+pub struct LunOptions {
+    /// T10 vendor identification (8 characters, space padded).
+    pub vendor: String,
+    /// Product identification (16 characters).
+    pub product: String,
+    /// Product revision level (4 characters).
+    pub revision: String,
+    /// Unit serial number (VPD page 0x80).
+    pub serial: String,
+    /// NAA IEEE registered identifier (VPD page 0x83); 0 derives one from the serial.
+    pub wwn: u64,
+    /// Refuse writes (DATA PROTECT / WRITE PROTECTED).
+    pub read_only: bool,
+    /// Relative target port identifier (VPD 0x83 and REPORT TARGET PORT GROUPS).
+    pub port: u16,
+}
+
+impl Default for LunOptions {
+    fn default() -> Self {
+        LunOptions {
+            vendor: "VSTOR".into(),
+            product: "VSTOR DISK".into(),
+            revision: "0001".into(),
+            serial: "vstor0".into(),
+            wwn: 0,
+            read_only: false,
+            port: 1,
+        }
+    }
+}
+
+/// One command as the transport hands it over.
+#[derive(Debug)]
+pub struct Command<'a> {
+    /// The CDB (6 to 32 bytes).
+    pub cdb: &'a [u8],
+    /// Data-out buffer (parameter list or write data).
+    pub data_out: &'a [u8],
+    /// Data-in buffer; its length is the transport's allocation.
+    pub data_in: &'a mut [u8],
+    /// The I_T nexus the command came through (unit attentions and reservations are kept per
+    /// nexus).
+    pub nexus: u64,
+}
+
+/// The result of a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// SCSI status.
+    pub status: u8,
+    /// Sense data (CHECK CONDITION only).
+    pub sense: Vec<u8>,
+    /// Bytes of `data_in` filled.
+    pub data_in_len: usize,
+}
+
+/// Mutable state of a logical unit.
+#[derive(Debug, Default)]
+pub(crate) struct LunState {
+    /// Pending unit attentions per I_T nexus, oldest first.
+    pub ua: HashMap<u64, VecDeque<Sense>>,
+    /// Nexuses that have been told about power-on already.
+    pub seen: std::collections::HashSet<u64>,
+    /// Caching mode page WCE.
+    pub wce: bool,
+    /// Control mode page D_SENSE: report sense in descriptor format.
+    pub d_sense: bool,
+    /// START STOP UNIT stopped the unit.
+    pub stopped: bool,
+    /// PREVENT ALLOW MEDIUM REMOVAL state.
+    pub prevent: bool,
+    /// The last sense per nexus, for REQUEST SENSE.
+    pub last_sense: HashMap<u64, Sense>,
+    /// The nexus holding a RESERVE(6)/(10) reservation, if any.
+    pub reservation: Option<u64>,
+}
+
+/// A SCSI logical unit over a block device.
+pub struct LogicalUnit {
+    pub(crate) dev: Arc<dyn BlockDev>,
+    pub(crate) opts: LunOptions,
+    state: Mutex<LunState>,
+}
+
+impl std::fmt::Debug for LogicalUnit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogicalUnit")
+            .field("opts", &self.opts)
+            .finish()
+    }
+}
+
+/// Commands a pending unit attention does not block (SAM-5 §5.14: INQUIRY, REPORT LUNS and
+/// REQUEST SENSE).
+const UA_EXEMPT: [u8; 3] = [0x12, 0xa0, 0x03];
+
+impl LogicalUnit {
+    /// A logical unit over `dev`.
+    pub fn new(dev: Arc<dyn BlockDev>, opts: LunOptions) -> LogicalUnit {
+        let wce = dev.info().write_cache;
+        LogicalUnit {
+            dev,
+            opts,
+            state: Mutex::new(LunState {
+                wce,
+                ..Default::default()
+            }),
+        }
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, LunState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The options the unit was created with.
+    pub fn options(&self) -> &LunOptions {
+        &self.opts
+    }
+
+    /// Block size in bytes.
+    pub fn block_size(&self) -> u64 {
+        u64::from(self.dev.info().logical_block_size)
+    }
+
+    /// Number of logical blocks.
+    pub fn blocks(&self) -> u64 {
+        self.dev.info().size / self.block_size()
+    }
+
+    /// Queues a unit attention for every nexus (e.g. capacity or mode parameters changed).
+    pub fn raise_unit_attention(&self, sense: Sense) {
+        let mut st = self.state();
+        let nexuses: Vec<u64> = st.seen.iter().copied().collect();
+        for n in nexuses {
+            let q = st.ua.entry(n).or_default();
+            if !q.contains(&sense) {
+                q.push_back(sense);
+            }
+        }
+    }
+
+    /// Executes one command.
+    pub fn execute(&self, cmd: &mut Command<'_>) -> Outcome {
+        if crate::spc::reservation_conflict(self, cmd.cdb, cmd.nexus) {
+            return Outcome {
+                status: status::RESERVATION_CONFLICT,
+                sense: Vec::new(),
+                data_in_len: 0,
+            };
+        }
+        match self.run(cmd) {
+            Ok(n) => {
+                // A command that completed leaves no sense for REQUEST SENSE to report.
+                self.state().last_sense.remove(&cmd.nexus);
+                Outcome {
+                    status: status::GOOD,
+                    sense: Vec::new(),
+                    data_in_len: n.min(cmd.data_in.len()),
+                }
+            }
+            Err(s) => self.check_condition(cmd.nexus, s),
+        }
+    }
+
+    /// A CHECK CONDITION outcome carrying `s` in the format the unit reports.
+    pub(crate) fn check_condition(&self, nexus: u64, s: Sense) -> Outcome {
+        let mut st = self.state();
+        st.last_sense.insert(nexus, s);
+        let sense = if st.d_sense {
+            s.descriptor()
+        } else {
+            s.fixed()
+        };
+        Outcome {
+            status: status::CHECK_CONDITION,
+            sense,
+            data_in_len: 0,
+        }
+    }
+
+    fn run(&self, cmd: &mut Command<'_>) -> Result<usize, Sense> {
+        let Some(&opcode) = cmd.cdb.first() else {
+            return Err(Sense::INVALID_OPCODE);
+        };
+        let op = table::lookup(cmd.cdb).ok_or_else(|| {
+            if table::opcode_known(opcode) {
+                // Known opcode, unknown service action: the field at fault is byte 1.
+                Sense::INVALID_FIELD_IN_CDB.in_cdb(1, Some(4))
+            } else {
+                Sense::INVALID_OPCODE
+            }
+        })?;
+        check_cdb(op, cmd.cdb)?;
+        self.unit_attention(opcode, cmd.nexus)?;
+        if op.writes && (self.opts.read_only || self.dev.info().read_only) {
+            return Err(Sense::WRITE_PROTECTED);
+        }
+        (op.handler)(self, cmd)
+    }
+
+    /// Reports the oldest pending unit attention of this nexus (a nexus seen for the first
+    /// time gets POWER ON, RESET).
+    fn unit_attention(&self, opcode: u8, nexus: u64) -> Result<(), Sense> {
+        let mut st = self.state();
+        if st.seen.insert(nexus) {
+            st.ua
+                .entry(nexus)
+                .or_default()
+                .push_front(Sense::POWER_ON_RESET);
+        }
+        if UA_EXEMPT.contains(&opcode) {
+            return Ok(());
+        }
+        match st.ua.get_mut(&nexus).and_then(VecDeque::pop_front) {
+            Some(s) => Err(s),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Checks the CDB against the command's usage data: long enough, and no bit set that the
+/// command does not use (INVALID FIELD IN CDB pointing at the first such bit).
+fn check_cdb(op: &OpInfo, cdb: &[u8]) -> Result<(), Sense> {
+    if cdb.len() < op.usage.len() {
+        return Err(Sense::INVALID_FIELD_IN_CDB.in_cdb(0, None));
+    }
+    for (i, (&b, &mask)) in cdb.iter().zip(op.usage).enumerate().skip(1) {
+        let extra = b & !mask;
+        if extra != 0 {
+            let bit = 7 - extra.leading_zeros() as u8;
+            return Err(Sense::INVALID_FIELD_IN_CDB.in_cdb(i as u16, Some(bit)));
+        }
+    }
+    Ok(())
+}
