@@ -20,6 +20,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod fuzzing;
 pub mod lun;
 pub mod sbc;
 pub mod sense;
