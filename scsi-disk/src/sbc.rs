@@ -135,6 +135,14 @@ struct Rw {
 
 /// Decodes the LBA and length of the 6, 10, 12 and 16 byte forms (READ(6)/WRITE(6): a zero
 /// length means 256 blocks).
+/// The LBA range of a READ/WRITE/VERIFY-class CDB, on a started unit and inside capacity.
+fn medium_range(lun: &LogicalUnit, cdb: &[u8]) -> Result<Rw, Sense> {
+    let rw = rw_fields(cdb);
+    check_started(lun)?;
+    check_range(lun, rw.lba, rw.blocks)?;
+    Ok(rw)
+}
+
 fn rw_fields(cdb: &[u8]) -> Rw {
     match cdb[0] >> 5 {
         0 => {
@@ -248,9 +256,7 @@ fn read(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sense> {
     if cdb[0] != 0x08 && cdb[1] & 0xe0 != 0 {
         return Err(Sense::INVALID_FIELD_IN_CDB.in_cdb(1, Some(7)));
     }
-    let rw = rw_fields(cdb);
-    check_started(lun)?;
-    check_range(lun, rw.lba, rw.blocks)?;
+    let rw = medium_range(lun, cdb)?;
     let n = byte_len(lun, rw.blocks, rw.len_byte)?;
     if n == 0 {
         return Ok(0);
@@ -271,10 +277,8 @@ fn write(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sense> {
     if cdb[0] != 0x0a && cdb[1] & 0xe0 != 0 {
         return Err(Sense::INVALID_FIELD_IN_CDB.in_cdb(1, Some(7)));
     }
-    let rw = rw_fields(cdb);
     let fua = cdb[0] != 0x0a && cdb[1] & 0x08 != 0;
-    check_started(lun)?;
-    check_range(lun, rw.lba, rw.blocks)?;
+    let rw = medium_range(lun, cdb)?;
     let n = byte_len(lun, rw.blocks, rw.len_byte)?;
     if n == 0 {
         return Ok(0);
@@ -322,9 +326,7 @@ fn verify(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sense> {
     if chk == 2 {
         return Err(Sense::INVALID_FIELD_IN_CDB.in_cdb(1, Some(2)));
     }
-    let rw = rw_fields(cdb);
-    check_started(lun)?;
-    check_range(lun, rw.lba, rw.blocks)?;
+    let rw = medium_range(lun, cdb)?;
     if chk == 0 || rw.blocks == 0 {
         return Ok(0);
     }
@@ -358,9 +360,7 @@ fn write_and_verify(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, S
     if chk > 1 {
         return Err(Sense::INVALID_FIELD_IN_CDB.in_cdb(1, Some(2)));
     }
-    let rw = rw_fields(cdb);
-    check_started(lun)?;
-    check_range(lun, rw.lba, rw.blocks)?;
+    let rw = medium_range(lun, cdb)?;
     let n = byte_len(lun, rw.blocks, rw.len_byte)?;
     if n == 0 {
         return Ok(0);
