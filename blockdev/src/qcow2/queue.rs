@@ -33,6 +33,7 @@ pub(crate) struct Qcow2Queue {
     in_flight: usize,
     runs: Vec<(u64, u64, Src)>,
     reaped: Vec<Completion>,
+    parts: Vec<Completion>,
     bounce: Vec<u8>,
 }
 
@@ -53,6 +54,7 @@ impl Qcow2Queue {
             in_flight: 0,
             runs: Vec::new(),
             reaped: Vec::new(),
+            parts: Vec::new(),
             bounce: Vec::new(),
         })
     }
@@ -305,11 +307,13 @@ impl IoQueue for Qcow2Queue {
     }
 
     fn reap(&mut self, out: &mut Vec<Completion>) -> usize {
-        let mut parts = Vec::new();
+        // The inner completions' buffer is kept between calls: no allocation per reap.
+        let mut parts = std::mem::take(&mut self.parts);
         self.inner.reap(&mut parts);
-        for c in parts {
+        for c in parts.drain(..) {
             self.finish_part(c.tag as usize, c.result);
         }
+        self.parts = parts;
         let n = self.reaped.len();
         out.append(&mut self.reaped);
         n
