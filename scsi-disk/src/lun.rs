@@ -3,7 +3,7 @@
 //! for.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use vstor_blockdev::BlockDev;
 
@@ -105,7 +105,9 @@ pub(crate) struct LunState {
 
 /// A SCSI logical unit over a block device.
 pub struct LogicalUnit {
-    pub(crate) dev: Arc<dyn BlockDev>,
+    /// The medium: swapped by [`LogicalUnit::replace_medium`] (resize, eject/load); `None`
+    /// while no medium is loaded.
+    medium: RwLock<Option<Arc<dyn BlockDev>>>,
     pub(crate) opts: LunOptions,
     state: Mutex<LunState>,
 }
@@ -127,7 +129,7 @@ impl LogicalUnit {
     pub fn new(dev: Arc<dyn BlockDev>, opts: LunOptions) -> LogicalUnit {
         let wce = dev.info().write_cache;
         LogicalUnit {
-            dev,
+            medium: RwLock::new(Some(dev)),
             opts,
             state: Mutex::new(LunState {
                 wce,
@@ -140,6 +142,42 @@ impl LogicalUnit {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The loaded medium, or MEDIUM NOT PRESENT.
+    pub(crate) fn dev(&self) -> Result<Arc<dyn BlockDev>, Sense> {
+        self.medium().ok_or(Sense::MEDIUM_NOT_PRESENT)
+    }
+
+    /// The loaded medium, if any.
+    pub fn medium(&self) -> Option<Arc<dyn BlockDev>> {
+        self.medium
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the medium (a resized image reopened, a disc loaded or ejected) and queues
+    /// the unit attention that tells every nexus: CAPACITY DATA HAS CHANGED when the size or
+    /// block size changed, NOT READY TO READY CHANGE, MEDIUM MAY HAVE CHANGED when a medium
+    /// was loaded where there was none. Returns the previous medium.
+    pub fn replace_medium(&self, dev: Option<Arc<dyn BlockDev>>) -> Option<Arc<dyn BlockDev>> {
+        let geometry = |d: &Option<Arc<dyn BlockDev>>| {
+            d.as_ref()
+                .map(|d| (d.info().size, d.info().logical_block_size))
+        };
+        let new_geometry = geometry(&dev);
+        let old = std::mem::replace(
+            &mut *self.medium.write().unwrap_or_else(|e| e.into_inner()),
+            dev,
+        );
+        let old_geometry = geometry(&old);
+        match (old_geometry, new_geometry) {
+            (None, Some(_)) => self.raise_unit_attention(Sense::MEDIUM_MAY_HAVE_CHANGED),
+            (Some(a), Some(b)) if a != b => self.raise_unit_attention(Sense::CAPACITY_CHANGED),
+            _ => {}
+        }
+        old
+    }
+
     /// The options the unit was created with.
     pub fn options(&self) -> &LunOptions {
         &self.opts
@@ -147,12 +185,15 @@ impl LogicalUnit {
 
     /// Block size in bytes.
     pub fn block_size(&self) -> u64 {
-        u64::from(self.dev.info().logical_block_size)
+        self.medium()
+            .map_or(512, |d| u64::from(d.info().logical_block_size).max(1))
     }
 
     /// Number of logical blocks.
     pub fn blocks(&self) -> u64 {
-        self.dev.info().size / self.block_size()
+        self.medium().map_or(0, |d| {
+            d.info().size / u64::from(d.info().logical_block_size).max(1)
+        })
     }
 
     /// Queues a unit attention for every nexus (e.g. capacity or mode parameters changed).
@@ -220,7 +261,7 @@ impl LogicalUnit {
         })?;
         check_cdb(op, cmd.cdb)?;
         self.unit_attention(opcode, cmd.nexus)?;
-        if op.writes && (self.opts.read_only || self.dev.info().read_only) {
+        if op.writes && (self.opts.read_only || self.dev()?.info().read_only) {
             return Err(Sense::WRITE_PROTECTED);
         }
         (op.handler)(self, cmd)

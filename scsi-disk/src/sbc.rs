@@ -214,12 +214,12 @@ fn write_err(e: vstor_blockdev::Error) -> Sense {
 /// Writes `data` at `lba`, then flushes when FUA asks for it or the unit runs write-through
 /// (WCE cleared) over a device with a volatile cache.
 fn write_blocks(lun: &LogicalUnit, data: &[u8], lba: u64, fua: bool) -> Result<(), Sense> {
-    lun.dev
+    lun.dev()?
         .write_at(data, lba * lun.block_size())
         .map_err(write_err)?;
-    let write_through = !lun.state().wce && lun.dev.info().write_cache;
+    let write_through = !lun.state().wce && lun.dev()?.info().write_cache;
     if fua || write_through {
-        lun.dev.flush().map_err(write_err)?;
+        lun.dev()?.flush().map_err(write_err)?;
     }
     Ok(())
 }
@@ -231,10 +231,10 @@ fn run_range(lun: &LogicalUnit, op: IoOp, offset: u64, len: u64) -> Result<(), S
         return Ok(());
     }
     let mut q = lun
-        .dev
+        .dev()?
         .open_queue(&QueueOptions { depth: 1 })
         .map_err(|_| Sense::INTERNAL_FAILURE)?;
-    let max = match lun.dev.info().max_discard_bytes {
+    let max = match lun.dev()?.info().max_discard_bytes {
         0 => 1 << 30,
         m => m.min(1 << 30),
     };
@@ -265,7 +265,7 @@ fn read(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sense> {
         .data_in
         .get_mut(..n)
         .ok_or(Sense::INVALID_FIELD_IN_CDB.in_cdb(rw.len_byte, None))?;
-    lun.dev
+    lun.dev()?
         .read_at(buf, rw.lba * lun.block_size())
         .map_err(read_err)?;
     Ok(n)
@@ -296,7 +296,7 @@ fn write(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sense> {
 /// field; [`Sense`] has no INFORMATION field yet, so the offset is computed but not reported.
 fn compare_medium(lun: &LogicalUnit, expected: &[u8], lba: u64) -> Result<(), Sense> {
     let mut got = vec![0u8; expected.len()];
-    lun.dev
+    lun.dev()?
         .read_at(&mut got, lba * lun.block_size())
         .map_err(read_err)?;
     match first_difference(expected, &got) {
@@ -404,7 +404,8 @@ fn read_capacity16(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Se
         return Err(Sense::INVALID_FIELD_IN_CDB.in_cdb(2, None));
     }
     let alloc = be(cdb, 10, 4) as usize;
-    let info = lun.dev.info();
+    let dev = lun.dev()?;
+    let info = dev.info();
     let mut d = [0u8; 32];
     d[..8].copy_from_slice(&lun.blocks().saturating_sub(1).to_be_bytes());
     d[8..12].copy_from_slice(&info.logical_block_size.to_be_bytes());
@@ -441,7 +442,7 @@ fn synchronize_cache(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, 
         (be(cdb, 2, 8), be(cdb, 10, 4))
     };
     check_range(lun, lba, blocks)?;
-    lun.dev.flush().map_err(write_err)?;
+    lun.dev()?.flush().map_err(write_err)?;
     Ok(0)
 }
 
@@ -482,7 +483,7 @@ fn unmap(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sense> {
         }
     }
     check_started(lun)?;
-    if !lun.dev.info().discard {
+    if !lun.dev()?.info().discard {
         // Unmapping is advisory: a device that cannot discard keeps the data.
         return Ok(0);
     }
@@ -536,13 +537,13 @@ fn write_same(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sense> 
     let end = offset + len;
     while off < end {
         let n = (end - off).min(chunk);
-        lun.dev
+        lun.dev()?
             .write_at(&buf[..n as usize], off)
             .map_err(write_err)?;
         off += n;
     }
-    if !lun.state().wce && lun.dev.info().write_cache {
-        lun.dev.flush().map_err(write_err)?;
+    if !lun.state().wce && lun.dev()?.info().write_cache {
+        lun.dev()?.flush().map_err(write_err)?;
     }
     Ok(0)
 }
@@ -575,9 +576,9 @@ fn compare_and_write(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, 
     let st = lun.state();
     compare_medium(lun, verify, lba)?;
     let offset = lba * lun.block_size();
-    lun.dev.write_at(new, offset).map_err(write_err)?;
-    if fua || (!st.wce && lun.dev.info().write_cache) {
-        lun.dev.flush().map_err(write_err)?;
+    lun.dev()?.write_at(new, offset).map_err(write_err)?;
+    if fua || (!st.wce && lun.dev()?.info().write_cache) {
+        lun.dev()?.flush().map_err(write_err)?;
     }
     drop(st);
     Ok(0)
@@ -601,7 +602,7 @@ fn get_lba_status(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sen
     while lba < blocks && steps < 4096 {
         steps += 1;
         let want = (blocks - lba).min(u64::from(u32::MAX)) * bs;
-        let s = lun.dev.block_status(lba * bs, want).map_err(read_err)?;
+        let s = lun.dev()?.block_status(lba * bs, want).map_err(read_err)?;
         let (n, state) = if s.allocated {
             (s.len.div_ceil(bs), 0u8)
         } else {
@@ -668,12 +669,12 @@ fn fill_medium(lun: &LogicalUnit, block: &[u8]) -> Result<(), Sense> {
     let mut off = 0;
     while off < len {
         let n = (len - off).min(chunk);
-        lun.dev
+        lun.dev()?
             .write_at(&buf[..n as usize], off)
             .map_err(write_err)?;
         off += n;
     }
-    lun.dev.flush().map_err(write_err)
+    lun.dev()?.flush().map_err(write_err)
 }
 
 /// SANITIZE: BLOCK ERASE zeroes (and may deallocate) the whole medium; OVERWRITE writes the
@@ -693,7 +694,7 @@ fn sanitize(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sense> {
             0,
             lun.blocks() * lun.block_size(),
         )?;
-        lun.dev.flush().map_err(write_err)?;
+        lun.dev()?.flush().map_err(write_err)?;
         return Ok(0);
     }
     // OVERWRITE: a 4-byte header and the initialization pattern.

@@ -306,7 +306,8 @@ fn clamp32(v: u64) -> u32 {
 }
 
 fn vpd_page(lun: &LogicalUnit, page: u8) -> Option<Vec<u8>> {
-    let info = lun.dev.info();
+    let dev = lun.dev().ok()?;
+    let info = dev.info();
     let o = lun.options();
     let bs = lun.block_size().max(1);
     Some(match page {
@@ -547,7 +548,7 @@ fn mode_sense(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sense> 
     };
     let v = match pc {
         PageControl::Default => ModeValues {
-            wce: lun.dev.info().write_cache,
+            wce: lun.dev()?.info().write_cache,
             d_sense: false,
         },
         _ => {
@@ -570,7 +571,7 @@ fn mode_sense(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sense> 
         pages =
             mode_page(lun, page, pc, v).ok_or(Sense::INVALID_FIELD_IN_CDB.in_cdb(2, Some(5)))?;
     }
-    let read_only = lun.options().read_only || lun.dev.info().read_only;
+    let read_only = lun.options().read_only || lun.dev()?.info().read_only;
     let dev_specific = if read_only { 0x80 } else { 0 } | 0x10; // WP, DPOFUA
     let mut bd = Vec::new();
     if !dbd {
