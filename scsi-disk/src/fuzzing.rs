@@ -3,7 +3,8 @@
 //! run against a logical unit on a small memory device. Beyond "no panic" it checks what every
 //! command must satisfy: a status SCSI knows, sense only with CHECK CONDITION (fixed format
 //! 0x70/0xF0 or descriptor 0x72), never more data-in than the allocation, and a read-only unit
-//! whose medium never changes.
+//! whose medium never changes. Flag bit 2 runs a CD-ROM unit instead (never writes its medium),
+//! with host ejects and loads between commands.
 
 use std::sync::Arc;
 
@@ -18,6 +19,7 @@ pub fn cdb(data: &[u8]) {
         return;
     };
     let read_only = flags & 1 != 0;
+    let cdrom = flags & 4 != 0;
     let dev = Arc::new(
         MemoryDev::new(
             1 << 20,
@@ -29,20 +31,30 @@ pub fn cdb(data: &[u8]) {
         .expect("memory device"),
     );
     dev.write_at(&[0xa5; 4096], 0).expect("seed the medium");
-    let lun = LogicalUnit::new(
-        dev.clone(),
-        LunOptions {
-            read_only,
-            ..Default::default()
-        },
-    );
-    let before = read_only.then(|| snapshot(&*dev));
+    let opts = LunOptions {
+        read_only,
+        ..Default::default()
+    };
+    let lun = if cdrom {
+        LogicalUnit::new_cdrom(Some(dev.clone()), opts)
+    } else {
+        LogicalUnit::new(dev.clone(), opts)
+    };
+    let before = (read_only || cdrom).then(|| snapshot(&*dev));
     let mut data_in = vec![0u8; 1 << 16];
     while rest.len() >= 4 {
         let cdb_len = [6usize, 10, 12, 16][(rest[0] & 3) as usize];
         let out_len = usize::from(rest[1]) * 16;
         let alloc = usize::from(rest[2]) * 64;
         let nexus = u64::from(rest[3] & 3);
+        if cdrom {
+            match rest[3] >> 5 {
+                4 => drop(lun.eject(false)),
+                5 => drop(lun.eject(true)),
+                6 => drop(lun.load(dev.clone())),
+                _ => {}
+            }
+        }
         rest = &rest[4..];
         let cdb: Vec<u8> = rest.iter().copied().take(cdb_len).collect();
         rest = &rest[cdb.len()..];
@@ -116,9 +128,13 @@ mod tests {
             let data: Vec<u8> = (0..len).map(|_| next() as u8).collect();
             super::cdb(&data);
         }
-        for op in crate::table::all() {
+        let kinds = [(crate::LunKind::Disk, 0u8), (crate::LunKind::Cdrom, 4u8)];
+        for (op, flags) in kinds
+            .iter()
+            .flat_map(|&(k, f)| crate::table::for_kind(k).map(move |op| (op, f)))
+        {
             for round in 0..20u64 {
-                let mut data = vec![(round & 3) as u8];
+                let mut data = vec![flags | (round & 3) as u8];
                 let n = op.usage.len();
                 data.extend_from_slice(&[
                     [6u8, 10, 12, 16]

@@ -22,10 +22,14 @@
 
 pub mod fuzzing;
 pub mod lun;
+pub mod mmc;
+pub mod pr;
 pub mod sbc;
 pub mod sense;
 pub mod spc;
 pub mod table;
+pub mod target;
 
-pub use lun::{status, Command, LogicalUnit, LunOptions, Outcome};
+pub use lun::{status, Command, LogicalUnit, LunKind, LunOptions, Outcome};
 pub use sense::Sense;
+pub use target::Target;

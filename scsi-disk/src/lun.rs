@@ -24,9 +24,21 @@ pub mod status {
     pub const RESERVATION_CONFLICT: u8 = 0x18;
 }
 
+/// The device type of a logical unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LunKind {
+    /// A direct access block device (SBC).
+    #[default]
+    Disk,
+    /// A read-only CD/DVD-ROM drive (MMC) with a removable medium of 2048-byte blocks.
+    Cdrom,
+}
+
 /// What a logical unit reports about itself.
 #[derive(Debug, Clone)]
 pub struct LunOptions {
+    /// The device type: selects the opcode table, INQUIRY data, VPD and mode pages.
+    pub kind: LunKind,
     /// T10 vendor identification (8 characters, space padded).
     pub vendor: String,
     /// Product identification (16 characters).
@@ -41,11 +53,15 @@ pub struct LunOptions {
     pub read_only: bool,
     /// Relative target port identifier (VPD 0x83 and REPORT TARGET PORT GROUPS).
     pub port: u16,
+    /// Where persistent reservations are kept while APTPL is set (e.g. `<image>.pr`); `None`
+    /// refuses APTPL (PTPL_C = 0). See [`crate::pr`].
+    pub pr_file: Option<std::path::PathBuf>,
 }
 
 impl Default for LunOptions {
     fn default() -> Self {
         LunOptions {
+            kind: LunKind::Disk,
             vendor: "VSTOR".into(),
             product: "VSTOR DISK".into(),
             revision: "0001".into(),
@@ -53,6 +69,7 @@ impl Default for LunOptions {
             wwn: 0,
             read_only: false,
             port: 1,
+            pr_file: None,
         }
     }
 }
@@ -101,6 +118,10 @@ pub(crate) struct LunState {
     pub last_sense: HashMap<u64, Sense>,
     /// The nexus holding a RESERVE(6)/(10) reservation, if any.
     pub reservation: Option<u64>,
+    /// Tray and media events of a CD/DVD-ROM unit.
+    pub mmc: crate::mmc::MmcState,
+    /// Persistent reservations.
+    pub pr: crate::pr::PrState,
 }
 
 /// A SCSI logical unit over a block device.
@@ -110,6 +131,10 @@ pub struct LogicalUnit {
     medium: RwLock<Option<Arc<dyn BlockDev>>>,
     pub(crate) opts: LunOptions,
     state: Mutex<LunState>,
+    /// Commands that write the medium hold it shared; COMPARE AND WRITE holds it exclusive, so
+    /// no write lands between its compare and its write (SBC-4 §5.3: atomic against other
+    /// commands).
+    write_gate: RwLock<()>,
 }
 
 impl std::fmt::Debug for LogicalUnit {
@@ -120,21 +145,63 @@ impl std::fmt::Debug for LogicalUnit {
     }
 }
 
+const COMPARE_AND_WRITE: u8 = 0x89;
+
+/// A command's hold on [`LogicalUnit`]'s write gate while it runs.
+enum Gate<'a> {
+    Open,
+    Shared(#[allow(dead_code)] std::sync::RwLockReadGuard<'a, ()>),
+    Exclusive(#[allow(dead_code)] std::sync::RwLockWriteGuard<'a, ()>),
+}
+
 /// Commands a pending unit attention does not block (SAM-5 §5.14: INQUIRY, REPORT LUNS and
 /// REQUEST SENSE).
 const UA_EXEMPT: [u8; 3] = [0x12, 0xa0, 0x03];
 
 impl LogicalUnit {
-    /// A logical unit over `dev`.
+    /// A logical unit over `dev`, with the persistent reservations of `opts.pr_file` if
+    /// there are any; a PR file that cannot be loaded leaves the unit without any
+    /// ([`LogicalUnit::try_new`] reports why).
     pub fn new(dev: Arc<dyn BlockDev>, opts: LunOptions) -> LogicalUnit {
+        let pr = crate::pr::file::load(opts.pr_file.as_deref()).unwrap_or_default();
+        Self::with_pr(dev, opts, pr)
+    }
+
+    /// A logical unit over `dev`, or the error naming the file, line and field at fault when
+    /// `opts.pr_file` exists but cannot be loaded.
+    pub fn try_new(
+        dev: Arc<dyn BlockDev>,
+        opts: LunOptions,
+    ) -> Result<LogicalUnit, crate::pr::PrFileError> {
+        let pr = crate::pr::file::load(opts.pr_file.as_deref())?;
+        Ok(Self::with_pr(dev, opts, pr))
+    }
+
+    fn with_pr(dev: Arc<dyn BlockDev>, opts: LunOptions, pr: crate::pr::PrState) -> LogicalUnit {
         let wce = dev.info().write_cache;
         LogicalUnit {
             medium: RwLock::new(Some(dev)),
             opts,
             state: Mutex::new(LunState {
                 wce,
+                pr,
                 ..Default::default()
             }),
+            write_gate: RwLock::new(()),
+        }
+    }
+
+    /// A CD/DVD-ROM logical unit ([`LunKind::Cdrom`], whatever `opts.kind` says) with `dev`
+    /// in its closed tray, or empty.
+    pub fn new_cdrom(dev: Option<Arc<dyn BlockDev>>, opts: LunOptions) -> LogicalUnit {
+        LogicalUnit {
+            medium: RwLock::new(dev),
+            opts: LunOptions {
+                kind: LunKind::Cdrom,
+                ..opts
+            },
+            state: Mutex::new(LunState::default()),
+            write_gate: RwLock::new(()),
         }
     }
 
@@ -183,14 +250,22 @@ impl LogicalUnit {
         &self.opts
     }
 
-    /// Block size in bytes.
+    /// Block size in bytes (2048 on a CD/DVD-ROM unit).
     pub fn block_size(&self) -> u64 {
+        if self.opts.kind == LunKind::Cdrom {
+            return crate::mmc::BLOCK_SIZE;
+        }
         self.medium()
             .map_or(512, |d| u64::from(d.info().logical_block_size).max(1))
     }
 
     /// Number of logical blocks.
     pub fn blocks(&self) -> u64 {
+        if self.opts.kind == LunKind::Cdrom {
+            return self
+                .medium()
+                .map_or(0, |d| d.info().size / crate::mmc::BLOCK_SIZE);
+        }
         self.medium().map_or(0, |d| {
             d.info().size / u64::from(d.info().logical_block_size).max(1)
         })
@@ -227,6 +302,11 @@ impl LogicalUnit {
                     data_in_len: n.min(cmd.data_in.len()),
                 }
             }
+            Err(s) if s == Sense::RESERVATION_CONFLICT => Outcome {
+                status: status::RESERVATION_CONFLICT,
+                sense: Vec::new(),
+                data_in_len: 0,
+            },
             Err(s) => self.check_condition(cmd.nexus, s),
         }
     }
@@ -251,8 +331,9 @@ impl LogicalUnit {
         let Some(&opcode) = cmd.cdb.first() else {
             return Err(Sense::INVALID_OPCODE);
         };
-        let op = table::lookup(cmd.cdb).ok_or_else(|| {
-            if table::opcode_known(opcode) {
+        let kind = self.opts.kind;
+        let op = table::lookup(kind, cmd.cdb).ok_or_else(|| {
+            if table::opcode_known(kind, opcode) {
                 // Known opcode, unknown service action: the field at fault is byte 1.
                 Sense::INVALID_FIELD_IN_CDB.in_cdb(1, Some(4))
             } else {
@@ -264,6 +345,14 @@ impl LogicalUnit {
         if op.writes && (self.opts.read_only || self.dev()?.info().read_only) {
             return Err(Sense::WRITE_PROTECTED);
         }
+        let g = &self.write_gate;
+        let _gate = if opcode == COMPARE_AND_WRITE {
+            Gate::Exclusive(g.write().unwrap_or_else(|e| e.into_inner()))
+        } else if op.writes {
+            Gate::Shared(g.read().unwrap_or_else(|e| e.into_inner()))
+        } else {
+            Gate::Open
+        };
         (op.handler)(self, cmd)
     }
 
@@ -277,7 +366,10 @@ impl LogicalUnit {
                 .or_default()
                 .push_front(Sense::POWER_ON_RESET);
         }
-        if UA_EXEMPT.contains(&opcode) {
+        // MMC: GET CONFIGURATION and GET EVENT STATUS NOTIFICATION neither report nor clear
+        // a unit attention.
+        let mmc_exempt = self.opts.kind == LunKind::Cdrom && matches!(opcode, 0x46 | 0x4a);
+        if UA_EXEMPT.contains(&opcode) || mmc_exempt {
             return Ok(());
         }
         match st.ua.get_mut(&nexus).and_then(VecDeque::pop_front) {

@@ -251,7 +251,7 @@ fn run_range(lun: &LogicalUnit, op: IoOp, offset: u64, len: u64) -> Result<(), S
 }
 
 /// READ(6/10/12/16).
-fn read(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sense> {
+pub(crate) fn read(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sense> {
     let cdb = cmd.cdb;
     if cdb[0] != 0x08 && cdb[1] & 0xe0 != 0 {
         return Err(Sense::INVALID_FIELD_IN_CDB.in_cdb(1, Some(7)));
@@ -384,7 +384,7 @@ fn put(cmd: &mut Command<'_>, data: &[u8], alloc: usize) -> usize {
 }
 
 /// READ CAPACITY(10): the last LBA (0xFFFFFFFF when it does not fit) and the block length.
-fn read_capacity10(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sense> {
+pub(crate) fn read_capacity10(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sense> {
     let cdb = cmd.cdb;
     // SBC-3: a non-zero LOGICAL BLOCK ADDRESS requires PMI (both obsolete in SBC-4).
     if cdb[8] & 1 == 0 && be(cdb, 2, 4) != 0 {
@@ -549,8 +549,9 @@ fn write_same(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sense> 
 }
 
 /// COMPARE AND WRITE: compares the first half of the data-out buffer with the medium and, when
-/// equal, writes the second half. The unit's state lock is held across compare and write, so
-/// two COMPARE AND WRITEs on one unit never interleave (plain WRITEs do not take the lock).
+/// equal, writes the second half. It runs holding the unit's write gate exclusively (see
+/// `LogicalUnit::run`): no other write of the unit, from any queue, runs between the compare
+/// and the write.
 fn compare_and_write(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sense> {
     let cdb = cmd.cdb;
     if cdb[1] & 0xe0 != 0 {
@@ -573,14 +574,14 @@ fn compare_and_write(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, 
         .get(..2 * n)
         .ok_or(Sense::INVALID_FIELD_IN_CDB.in_cdb(13, None))?;
     let (verify, new) = data.split_at(n);
-    let st = lun.state();
     compare_medium(lun, verify, lba)?;
     let offset = lba * lun.block_size();
-    lun.dev()?.write_at(new, offset).map_err(write_err)?;
-    if fua || (!st.wce && lun.dev()?.info().write_cache) {
-        lun.dev()?.flush().map_err(write_err)?;
+    let dev = lun.dev()?;
+    dev.write_at(new, offset).map_err(write_err)?;
+    let wce = lun.state().wce;
+    if fua || (!wce && dev.info().write_cache) {
+        dev.flush().map_err(write_err)?;
     }
-    drop(st);
     Ok(0)
 }
 

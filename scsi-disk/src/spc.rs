@@ -129,6 +129,102 @@ pub static OPS: &[OpInfo] = &[
         handler: mode_sense,
     },
     OpInfo {
+        opcode: 0x5e,
+        service_action: Some(0x00),
+        name: "PERSISTENT RESERVE IN (READ KEYS)",
+        usage: crate::pr::PR_IN_USAGE,
+        writes: false,
+        handler: crate::pr::pr_in,
+    },
+    OpInfo {
+        opcode: 0x5e,
+        service_action: Some(0x01),
+        name: "PERSISTENT RESERVE IN (READ RESERVATION)",
+        usage: crate::pr::PR_IN_USAGE,
+        writes: false,
+        handler: crate::pr::pr_in,
+    },
+    OpInfo {
+        opcode: 0x5e,
+        service_action: Some(0x02),
+        name: "PERSISTENT RESERVE IN (REPORT CAPABILITIES)",
+        usage: crate::pr::PR_IN_USAGE,
+        writes: false,
+        handler: crate::pr::pr_in,
+    },
+    OpInfo {
+        opcode: 0x5e,
+        service_action: Some(0x03),
+        name: "PERSISTENT RESERVE IN (READ FULL STATUS)",
+        usage: crate::pr::PR_IN_USAGE,
+        writes: false,
+        handler: crate::pr::pr_in,
+    },
+    OpInfo {
+        opcode: 0x5f,
+        service_action: Some(0x00),
+        name: "PERSISTENT RESERVE OUT (REGISTER)",
+        usage: crate::pr::PR_OUT_USAGE,
+        writes: false,
+        handler: crate::pr::pr_out,
+    },
+    OpInfo {
+        opcode: 0x5f,
+        service_action: Some(0x01),
+        name: "PERSISTENT RESERVE OUT (RESERVE)",
+        usage: crate::pr::PR_OUT_USAGE,
+        writes: false,
+        handler: crate::pr::pr_out,
+    },
+    OpInfo {
+        opcode: 0x5f,
+        service_action: Some(0x02),
+        name: "PERSISTENT RESERVE OUT (RELEASE)",
+        usage: crate::pr::PR_OUT_USAGE,
+        writes: false,
+        handler: crate::pr::pr_out,
+    },
+    OpInfo {
+        opcode: 0x5f,
+        service_action: Some(0x03),
+        name: "PERSISTENT RESERVE OUT (CLEAR)",
+        usage: crate::pr::PR_OUT_USAGE,
+        writes: false,
+        handler: crate::pr::pr_out,
+    },
+    OpInfo {
+        opcode: 0x5f,
+        service_action: Some(0x04),
+        name: "PERSISTENT RESERVE OUT (PREEMPT)",
+        usage: crate::pr::PR_OUT_USAGE,
+        writes: false,
+        handler: crate::pr::pr_out,
+    },
+    OpInfo {
+        opcode: 0x5f,
+        service_action: Some(0x05),
+        name: "PERSISTENT RESERVE OUT (PREEMPT AND ABORT)",
+        usage: crate::pr::PR_OUT_USAGE,
+        writes: false,
+        handler: crate::pr::pr_out,
+    },
+    OpInfo {
+        opcode: 0x5f,
+        service_action: Some(0x06),
+        name: "PERSISTENT RESERVE OUT (REGISTER AND IGNORE EXISTING KEY)",
+        usage: crate::pr::PR_OUT_USAGE,
+        writes: false,
+        handler: crate::pr::pr_out,
+    },
+    OpInfo {
+        opcode: 0x5f,
+        service_action: Some(0x07),
+        name: "PERSISTENT RESERVE OUT (REGISTER AND MOVE)",
+        usage: crate::pr::PR_OUT_USAGE,
+        writes: false,
+        handler: crate::pr::pr_out,
+    },
+    OpInfo {
         opcode: 0xa0,
         service_action: None,
         name: "REPORT LUNS",
@@ -259,6 +355,12 @@ fn standard_inquiry(lun: &LogicalUnit) -> Vec<u8> {
     for (i, v) in [0x00a0u16, 0x05c0, 0x0600].iter().enumerate() {
         d[58 + 2 * i..60 + 2 * i].copy_from_slice(&v.to_be_bytes());
     }
+    if crate::mmc::is_cdrom(lun) {
+        d[0] = 0x05; // CD/DVD device
+        d[1] = 0x80; // RMB
+        d[5] = 0; // no ALUA
+        d[62..64].copy_from_slice(&0x04e0u16.to_be_bytes()); // MMC-6 instead of SBC-4
+    }
     d
 }
 
@@ -305,13 +407,22 @@ fn clamp32(v: u64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
 
+/// VPD pages of a CD/DVD-ROM unit (no block device pages).
+const CD_VPD_PAGES: [u8; 3] = [0x00, 0x80, 0x83];
+
 fn vpd_page(lun: &LogicalUnit, page: u8) -> Option<Vec<u8>> {
-    let dev = lun.dev().ok()?;
-    let info = dev.info();
+    let cdrom = crate::mmc::is_cdrom(lun);
+    let pages: &[u8] = if cdrom { &CD_VPD_PAGES } else { &VPD_PAGES };
+    if !pages.contains(&page) {
+        return None;
+    }
+    // Only the block device pages need the medium.
+    let dev = lun.dev();
+    let info = dev.as_ref().ok().map(|d| d.info());
     let o = lun.options();
     let bs = lun.block_size().max(1);
-    Some(match page {
-        0x00 => vpd(0x00, &VPD_PAGES),
+    let mut d = match page {
+        0x00 => vpd(0x00, pages),
         0x80 => vpd(0x80, &ascii(&o.serial, o.serial.len().min(252))),
         0x83 => {
             let mut d = Vec::new();
@@ -324,17 +435,20 @@ fn vpd_page(lun: &LogicalUnit, page: u8) -> Option<Vec<u8>> {
             // Relative target port, target port association.
             let [ph, pl] = o.port.to_be_bytes();
             designator(&mut d, 0x01, 0x14, &[0, 0, ph, pl]);
-            // Target port group, target port association.
-            let [gh, gl] = TARGET_PORT_GROUP.to_be_bytes();
-            designator(&mut d, 0x01, 0x15, &[0, 0, gh, gl]);
+            // Target port group, target port association (ALUA: not on a CD/DVD-ROM unit).
+            if !cdrom {
+                let [gh, gl] = TARGET_PORT_GROUP.to_be_bytes();
+                designator(&mut d, 0x01, 0x15, &[0, 0, gh, gl]);
+            }
             vpd(0x83, &d)
         }
         0xb0 => {
+            let info = info?;
             // Limits as the SBC handlers enforce them.
             let mut d = [0u8; 0x3c];
             // WSNZ: WRITE SAME with 0 blocks (the whole medium) is refused.
             d[0] |= 1;
-            if table::opcode_known(0x89) {
+            if table::opcode_known(lun.options().kind, 0x89) {
                 d[1] = sbc::MAX_COMPARE_AND_WRITE_BLOCKS;
             }
             let gran = (u64::from(info.physical_block_size) / bs).max(1);
@@ -353,6 +467,7 @@ fn vpd_page(lun: &LogicalUnit, page: u8) -> Option<Vec<u8>> {
             vpd(0xb1, &d)
         }
         0xb2 => {
+            let info = info?;
             let mut b = 0u8;
             if info.discard {
                 b |= 0xe0; // LBPU, LBPWS, LBPWS10
@@ -364,7 +479,11 @@ fn vpd_page(lun: &LogicalUnit, page: u8) -> Option<Vec<u8>> {
             vpd(0xb2, &[0, b, provisioning, 0])
         }
         _ => return None,
-    })
+    };
+    if cdrom {
+        d[0] = 0x05; // peripheral device type: CD/DVD device
+    }
+    Some(d)
 }
 
 /// REPORT LUNS for the single logical unit 0 (no well-known or administrative units).
@@ -426,17 +545,18 @@ fn report_supported_tmfs(_lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<us
 const TIMEOUTS: [u8; 12] = [0, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
 /// REPORT SUPPORTED OPERATION CODES, from the opcode table.
-fn report_supported_opcodes(_lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sense> {
+fn report_supported_opcodes(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sense> {
+    let ops = || table::for_kind(lun.options().kind);
     let rctd = byte(cmd.cdb, 2) & 0x80 != 0;
     let options = byte(cmd.cdb, 2) & 0x07;
     let req_op = byte(cmd.cdb, 3);
     let req_sa = be16(cmd.cdb, 4);
     let alloc = be32(cmd.cdb, 6);
-    let has_sa = table::all().any(|o| o.opcode == req_op && o.service_action.is_some());
+    let has_sa = ops().any(|o| o.opcode == req_op && o.service_action.is_some());
     let found = match options {
         0 => {
             let mut d = vec![0u8; 4];
-            for o in table::all() {
+            for o in ops() {
                 d.push(o.opcode);
                 d.push(0);
                 d.extend_from_slice(&u16::from(o.service_action.unwrap_or(0)).to_be_bytes());
@@ -453,10 +573,11 @@ fn report_supported_opcodes(_lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result
         }
         1 if has_sa => return Err(Sense::INVALID_FIELD_IN_CDB.in_cdb(3, None)),
         2 if !has_sa => return Err(Sense::INVALID_FIELD_IN_CDB.in_cdb(3, None)),
-        1 => table::all().find(|o| o.opcode == req_op),
-        2 | 3 if has_sa => table::all()
-            .find(|o| o.opcode == req_op && o.service_action.map(usize::from) == Some(req_sa)),
-        3 => table::all().find(|o| o.opcode == req_op),
+        1 => ops().find(|o| o.opcode == req_op),
+        2 | 3 if has_sa => {
+            ops().find(|o| o.opcode == req_op && o.service_action.map(usize::from) == Some(req_sa))
+        }
+        3 => ops().find(|o| o.opcode == req_op),
         _ => return Err(Sense::INVALID_FIELD_IN_CDB.in_cdb(2, Some(2))),
     };
     let d = match found {
@@ -480,6 +601,19 @@ fn report_supported_opcodes(_lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result
 /// Mode pages this unit implements, in ascending order.
 const MODE_PAGES: [u8; 5] = [0x01, 0x04, 0x08, 0x0a, 0x1a];
 
+/// Mode pages of a CD/DVD-ROM unit: read error recovery, control, power condition, CD
+/// capabilities and mechanical status.
+const CD_MODE_PAGES: [u8; 4] = [0x01, 0x0a, 0x1a, 0x2a];
+
+/// The mode pages of the unit's kind.
+fn mode_pages(lun: &LogicalUnit) -> &'static [u8] {
+    if crate::mmc::is_cdrom(lun) {
+        &CD_MODE_PAGES
+    } else {
+        &MODE_PAGES
+    }
+}
+
 /// Which values MODE SENSE reports (the PC field).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum PageControl {
@@ -497,12 +631,16 @@ struct ModeValues {
 
 /// One mode page (subpage 0) with its header, or `None` if the unit does not implement it.
 fn mode_page(lun: &LogicalUnit, page: u8, pc: PageControl, v: ModeValues) -> Option<Vec<u8>> {
+    if !mode_pages(lun).contains(&page) {
+        return None;
+    }
     let len = match page {
         0x01 => 0x0a,
         0x04 => 0x16,
         0x08 => 0x12,
         0x0a => 0x0a,
         0x1a => 0x26,
+        0x2a => 0x14,
         _ => return None,
     };
     let mut p = vec![0u8; len + 2];
@@ -520,6 +658,7 @@ fn mode_page(lun: &LogicalUnit, page: u8, pc: PageControl, v: ModeValues) -> Opt
             p[20..22].copy_from_slice(&1u16.to_be_bytes()); // non-rotating
         }
         (0x08, _) => p[2] = if v.wce { 0x04 } else { 0 },
+        (0x2a, _) => p.copy_from_slice(&crate::mmc::capabilities_page(lun)),
         (0x0a, _) => {
             p[2] = if v.d_sense { 0x04 } else { 0 };
             p[3] = 0x10; // QUEUE ALGORITHM MODIFIER: unrestricted reordering
@@ -548,7 +687,7 @@ fn mode_sense(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sense> 
     };
     let v = match pc {
         PageControl::Default => ModeValues {
-            wce: lun.dev()?.info().write_cache,
+            wce: !crate::mmc::is_cdrom(lun) && lun.dev()?.info().write_cache,
             d_sense: false,
         },
         _ => {
@@ -564,15 +703,19 @@ fn mode_sense(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sense> 
     }
     let mut pages = Vec::new();
     if page == 0x3f {
-        for p in MODE_PAGES {
+        for &p in mode_pages(lun) {
             pages.extend(mode_page(lun, p, pc, v).unwrap_or_default());
         }
     } else {
         pages =
             mode_page(lun, page, pc, v).ok_or(Sense::INVALID_FIELD_IN_CDB.in_cdb(2, Some(5)))?;
     }
-    let read_only = lun.options().read_only || lun.dev()?.info().read_only;
-    let dev_specific = if read_only { 0x80 } else { 0 } | 0x10; // WP, DPOFUA
+    let dev_specific = if crate::mmc::is_cdrom(lun) {
+        0 // MMC: reserved
+    } else {
+        let read_only = lun.options().read_only || lun.dev()?.info().read_only;
+        (if read_only { 0x80 } else { 0 }) | 0x10 // WP, DPOFUA
+    };
     let mut bd = Vec::new();
     if !dbd {
         let (blocks, bs) = if pc == PageControl::Changeable {
@@ -743,6 +886,10 @@ fn mode_select(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sense>
 /// nexus (the caller then completes it with RESERVATION CONFLICT status). INQUIRY, REQUEST
 /// SENSE, REPORT LUNS, RELEASE and REPORT TARGET PORT GROUPS never conflict.
 pub fn reservation_conflict(lun: &LogicalUnit, cdb: &[u8], nexus: u64) -> bool {
+    // Persistent reservations, and their interplay with RESERVE/RELEASE (see crate::pr).
+    if crate::pr::conflict(lun, cdb, nexus) {
+        return true;
+    }
     let holder = lun.state().reservation;
     match holder {
         Some(h) if h != nexus => {}
@@ -759,6 +906,10 @@ pub fn reservation_conflict(lun: &LogicalUnit, cdb: &[u8], nexus: u64) -> bool {
 /// conflict, reported before the handler runs, see [`reservation_conflict`]).
 fn reserve(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sense> {
     let mut st = lun.state();
+    if !st.pr.regs.is_empty() {
+        // Registrations exist (SPC-3 5.6.3, CRH = 0).
+        return Err(Sense::RESERVATION_CONFLICT);
+    }
     match st.reservation {
         Some(h) if h != cmd.nexus => Err(Sense::INVALID_FIELD_IN_CDB.in_cdb(0, None)),
         _ => {

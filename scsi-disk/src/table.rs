@@ -1,10 +1,13 @@
-//! The one opcode table: every command the logical unit executes, with its CDB usage data (the
-//! bits it looks at, as REPORT SUPPORTED OPERATION CODES reports them) and its handler. The
-//! table is the single source for dispatch and for REPORT SUPPORTED OPERATION CODES.
+//! The opcode tables, one per device kind: every command a logical unit of that kind executes,
+//! with its CDB usage data (the bits it looks at, as REPORT SUPPORTED OPERATION CODES reports
+//! them) and its handler. A unit's table is the single source for its dispatch and its REPORT
+//! SUPPORTED OPERATION CODES.
 
-use crate::lun::{Command, LogicalUnit};
+use std::sync::OnceLock;
+
+use crate::lun::{Command, LogicalUnit, LunKind};
 use crate::sense::Sense;
-use crate::{sbc, spc};
+use crate::{mmc, sbc, spc};
 
 /// A command handler: fills `data_in` and returns how many bytes it filled.
 pub type Handler = fn(&LogicalUnit, &mut Command<'_>) -> Result<usize, Sense>;
@@ -26,19 +29,33 @@ pub struct OpInfo {
     pub handler: Handler,
 }
 
-/// Every supported command: SPC (primary commands) then SBC (block commands).
-pub fn all() -> impl Iterator<Item = &'static OpInfo> {
-    spc::OPS.iter().chain(sbc::OPS.iter())
+/// Every command a unit of `kind` supports: for a disk SPC (primary commands) then SBC (block
+/// commands); for a CD/DVD-ROM the SPC commands that apply then MMC ([`mmc::OPS`]).
+pub fn for_kind(kind: LunKind) -> impl Iterator<Item = &'static OpInfo> + Clone {
+    static DISK: OnceLock<Vec<&'static OpInfo>> = OnceLock::new();
+    static CDROM: OnceLock<Vec<&'static OpInfo>> = OnceLock::new();
+    let table = match kind {
+        LunKind::Disk => DISK.get_or_init(|| spc::OPS.iter().chain(sbc::OPS.iter()).collect()),
+        LunKind::Cdrom => CDROM.get_or_init(mmc::table),
+    };
+    table.iter().copied()
 }
 
-/// Whether any entry has this opcode.
-pub fn opcode_known(opcode: u8) -> bool {
-    all().any(|o| o.opcode == opcode)
+/// Every command a disk supports (`for_kind(LunKind::Disk)`).
+pub fn all() -> impl Iterator<Item = &'static OpInfo> + Clone {
+    for_kind(LunKind::Disk)
 }
 
-/// The entry for a CDB (opcode, and service action where the opcode has them).
-pub fn lookup(cdb: &[u8]) -> Option<&'static OpInfo> {
+/// Whether any entry of the `kind` table has this opcode.
+pub fn opcode_known(kind: LunKind, opcode: u8) -> bool {
+    for_kind(kind).any(|o| o.opcode == opcode)
+}
+
+/// The entry of the `kind` table for a CDB (opcode, and service action where the opcode has
+/// them).
+pub fn lookup(kind: LunKind, cdb: &[u8]) -> Option<&'static OpInfo> {
     let opcode = *cdb.first()?;
     let sa = cdb.get(1).map(|b| b & 0x1f);
-    all().find(|o| o.opcode == opcode && (o.service_action.is_none() || o.service_action == sa))
+    for_kind(kind)
+        .find(|o| o.opcode == opcode && (o.service_action.is_none() || o.service_action == sa))
 }
