@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod img;
 mod serve;
+mod serve_scsi;
 
 /// vstor: a hypervisor's storage device stack.
 #[derive(Parser, Debug)]

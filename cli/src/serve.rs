@@ -4,6 +4,7 @@
 //! vstor serve blk [--image PATH] [--format raw|qcow2] [--l2-cache-size SIZE] [--socket PATH] [--queues N] [--queue-size N]
 //!                 [--read-only] [--cache MODE] [--aio auto|io_uring|threads] [--poll-us US]
 //!                 [--serial S]
+//! vstor serve scsi --lun SPEC [--lun SPEC]... [--control PATH] (see `serve_scsi`)
 //! ```
 
 use std::fs::OpenOptions as FileOptions;
@@ -26,6 +27,8 @@ const DEFAULT_DISK_NAME: &str = "vstor-default-disk.img";
 pub enum ServeCommand {
     /// Serve a block device as vhost-user-blk (QEMU, cloud-hypervisor, crosvm, libblkio).
     Blk(BlkArgs),
+    /// Serve SCSI disks and CD-ROMs as one vhost-user-scsi device (QEMU vhost-user-scsi-pci).
+    Scsi(crate::serve_scsi::ScsiArgs),
 }
 
 /// Options of `vstor serve blk`.
@@ -77,11 +80,11 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
     vstor_blockdev::file::parse_size(&s.to_ascii_uppercase()).map_err(|e| e.to_string())
 }
 
-fn parse_cache(s: &str) -> Result<CacheMode, String> {
+pub(crate) fn parse_cache(s: &str) -> Result<CacheMode, String> {
     s.parse().map_err(|e: vstor_blockdev::Error| e.to_string())
 }
 
-fn parse_engine(s: &str) -> Result<EngineKind, String> {
+pub(crate) fn parse_engine(s: &str) -> Result<EngineKind, String> {
     s.parse().map_err(|e: vstor_blockdev::Error| e.to_string())
 }
 
@@ -89,6 +92,7 @@ fn parse_engine(s: &str) -> Result<EngineKind, String> {
 pub fn run(cmd: ServeCommand) -> Result<(), String> {
     match cmd {
         ServeCommand::Blk(args) => serve_blk(args),
+        ServeCommand::Scsi(args) => crate::serve_scsi::serve_scsi(args),
     }
 }
 
@@ -152,7 +156,7 @@ impl BlkArgs {
 }
 
 /// `$XDG_RUNTIME_DIR/vstor-default-disk.img`, or `/tmp/vstor-default-disk.img`.
-fn default_disk_path() -> PathBuf {
+pub(crate) fn default_disk_path() -> PathBuf {
     let dir = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .filter(|d| d.is_dir())
@@ -161,7 +165,7 @@ fn default_disk_path() -> PathBuf {
 }
 
 /// Creates a sparse raw file of [`DEFAULT_DISK_SIZE`] unless `path` already exists.
-fn ensure_default_disk(path: &Path) -> io::Result<()> {
+pub(crate) fn ensure_default_disk(path: &Path) -> io::Result<()> {
     match FileOptions::new().write(true).create_new(true).open(path) {
         Ok(file) => file.set_len(DEFAULT_DISK_SIZE),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
@@ -194,7 +198,31 @@ mod tests {
         let argv = std::iter::once("serve").chain(args.iter().copied());
         Cli::try_parse_from(argv).map(|c| match c.cmd {
             ServeCommand::Blk(a) => a,
+            ServeCommand::Scsi(_) => panic!("not a blk command"),
         })
+    }
+
+    #[test]
+    fn scsi_units_parse_with_the_spec_at_fault_named() {
+        let argv = [
+            "serve",
+            "scsi",
+            "--lun",
+            "image=a.raw,lun=3",
+            "--lun",
+            "image=b.iso,type=cd",
+        ];
+        let Ok(Cli {
+            cmd: ServeCommand::Scsi(a),
+        }) = Cli::try_parse_from(argv)
+        else {
+            panic!("scsi args");
+        };
+        assert_eq!(a.luns.len(), 2);
+        assert_eq!(a.luns[0].lun, Some(3));
+        assert_eq!(a.socket, Path::new("/tmp/vstor-scsi.sock"));
+        let e = Cli::try_parse_from(["serve", "scsi", "--lun", "lun=3"]).unwrap_err();
+        assert!(e.to_string().contains("image=PATH is required"), "{e}");
     }
 
     #[test]

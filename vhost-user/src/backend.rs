@@ -5,7 +5,6 @@
 //! [`BlkBackend::completion_event`]) both land on the thread that owns the queue.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -13,14 +12,13 @@ use std::time::Duration;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VHOST_USER_CONFIG_SIZE};
 use vhost_user_backend::VhostUserBackend;
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use vstor_virtio_blk::BlkShared;
 use vstor_virtio_core::features::VHOST_USER_PROTOCOL_FEATURES;
 use vstor_virtio_core::GuestMemoryAtomic;
 
 use crate::error::{Error, Result};
+use crate::exit::ExitEvents;
 use crate::queue::{EpollHandler, QueueContext, QueueState, Vring};
 
 /// Most queues one backend can serve: `vhost-user-backend` maps queues to worker threads with
@@ -51,18 +49,8 @@ pub struct BlkBackend {
     queues: Vec<Mutex<QueueState>>,
     acked_features: AtomicU64,
     event_idx: AtomicBool,
-    /// Worker exit events, created up front so that running out of file descriptors fails
-    /// [`BlkBackend::new`] rather than leaving a worker that can never be stopped.
-    exit_events: Mutex<Vec<Option<ExitEvent>>>,
-    /// Read ends of the exit events handed to `vhost-user-backend`, which registers them with
-    /// the worker's epoll via `into_raw_fd` and never closes them; closed in `Drop`.
-    exit_consumers: Mutex<Vec<RawFd>>,
-}
-
-type ExitEvent = (EventConsumer, EventNotifier);
-
-fn new_exit_event() -> io::Result<ExitEvent> {
-    new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)
+    /// Worker exit events.
+    exit: ExitEvents,
 }
 
 impl BlkBackend {
@@ -85,17 +73,14 @@ impl BlkBackend {
         let queues = (0..num_queues)
             .map(|i| Mutex::new(QueueState::new(i, completion_event, poll)))
             .collect();
-        let exit_events = (0..num_queues)
-            .map(|_| new_exit_event().map(Some))
-            .collect::<io::Result<Vec<_>>>()
+        let exit = ExitEvents::new(usize::from(num_queues))
             .map_err(|e| Error::io("creating worker exit events", e))?;
         Ok(BlkBackend {
             shared,
             queues,
             acked_features: AtomicU64::new(0),
             event_idx: AtomicBool::new(false),
-            exit_events: Mutex::new(exit_events),
-            exit_consumers: Mutex::new(Vec::new()),
+            exit,
         })
     }
 
@@ -250,22 +235,7 @@ impl VhostUserBackend for BlkBackend {
     }
 
     fn exit_event(&self, thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        let prepared = lock(&self.exit_events)
-            .get_mut(thread_index)
-            .and_then(Option::take);
-        let event = match prepared {
-            Some(event) => event,
-            // Asked twice for one thread (not done by vhost-user-backend 0.24): make another.
-            None => match new_exit_event() {
-                Ok(event) => event,
-                Err(e) => {
-                    log::error!("worker {thread_index}: cannot create an exit event: {e}");
-                    return None;
-                }
-            },
-        };
-        lock(&self.exit_consumers).push(event.0.as_raw_fd());
-        Some(event)
+        self.exit.take(thread_index)
     }
 
     /// `GET_VRING_BASE`: the ring is stopped; finish its requests before the frontend reads
@@ -308,20 +278,6 @@ impl VhostUserBackend for BlkBackend {
 impl Drop for BlkBackend {
     fn drop(&mut self) {
         self.stop_all();
-        let fds = std::mem::take(
-            self.exit_consumers
-                .get_mut()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        for fd in fds {
-            // SAFETY: `fd` is the read end of an exit event this backend created in
-            // `exit_event`. vhost-user-backend 0.24 (`VringEpollHandler::new`) turns it into a
-            // raw fd with `into_raw_fd`, adds it to the worker's epoll and never closes it.
-            // Every `VringEpollHandler` holds a clone of the `Arc<BlkBackend>`, so when this
-            // backend is dropped all of them (and their epolls and worker threads) are gone:
-            // nothing else owns or uses `fd`, and closing it here is the only close.
-            drop(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
     }
 }
 

@@ -53,6 +53,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The SCSI device refused a unit or an option.
+    #[error("{0}")]
+    Scsi(String),
     /// Flushing the block device at shutdown failed.
     #[error("flush at shutdown: {0}")]
     Flush(#[source] vstor_blockdev::Error),

@@ -41,17 +41,27 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod backend;
+pub mod control;
 pub mod error;
+mod exit;
 mod poll;
 mod queue;
+pub mod scsi_backend;
+pub mod scsi_luns;
+pub mod scsi_server;
 pub mod server;
 pub mod shutdown;
 
 pub use backend::{poll_window, protocol_features, BlkBackend, DEFAULT_POLL, MAX_QUEUES};
 pub use error::{Error, Result};
 pub use queue::{EpollHandler, Vring};
+pub use scsi_backend::ScsiBackend;
+pub use scsi_luns::LunConfig;
+pub use scsi_server::{serve_scsi, ScsiServer, ServeScsiOptions, Units};
 pub use server::{serve_blk, BlkServer, ServeBlkOptions};
 pub use shutdown::{StopHandle, SIGNAL_GRACE};
 
+#[cfg(test)]
+mod scsi_server_tests;
 #[cfg(test)]
 mod server_tests;

@@ -149,9 +149,10 @@ impl BlkServer {
     /// takes longer than [`crate::SIGNAL_GRACE`], or on a second signal, the device is flushed,
     /// the socket removed and the process exits with status 0 (1 if the flush fails).
     pub fn stop_on_signals(&self) -> Result<()> {
+        let dev = self.dev.clone();
         spawn_signal_thread(SignalExit {
             stop: self.stop_handle(),
-            dev: self.dev.clone(),
+            close: Box::new(move || dev.close().map_err(|e| e.to_string())),
             socket: self.socket.clone(),
         })
     }
@@ -236,7 +237,7 @@ impl BlkServer {
 
 /// Whether a daemon error only says that the frontend went away (as `VhostUserDaemon::serve`
 /// treats it).
-fn is_hang_up(e: &vhost_user_backend::Error) -> bool {
+pub(crate) fn is_hang_up(e: &vhost_user_backend::Error) -> bool {
     use vhost::vhost_user::Error as VuError;
     matches!(
         e,
@@ -248,7 +249,7 @@ fn is_hang_up(e: &vhost_user_backend::Error) -> bool {
 
 /// Makes `path` free for a new socket: a stale socket is removed; a socket another server
 /// still answers on, or any other kind of file, is an error.
-fn prepare_socket_path(path: &Path) -> Result<()> {
+pub(crate) fn prepare_socket_path(path: &Path) -> Result<()> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),

@@ -12,7 +12,6 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use vhost_user_backend::ShutdownHandle;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use vstor_blockdev::BlockDev;
 
 use crate::error::{Error, Result};
 
@@ -120,7 +119,8 @@ impl StopHandle {
 /// What the signal thread needs to force an exit.
 pub(crate) struct SignalExit {
     pub stop: StopHandle,
-    pub dev: Arc<dyn BlockDev>,
+    /// Writes back and closes the devices (formats clear their dirty bit).
+    pub close: Box<dyn FnOnce() -> std::result::Result<(), String> + Send>,
     pub socket: PathBuf,
 }
 
@@ -151,7 +151,7 @@ pub(crate) fn spawn_signal_thread(exit: SignalExit) -> Result<()> {
                     break;
                 }
             }
-            let code = match exit.dev.close() {
+            let code = match (exit.close)() {
                 Ok(()) => 0,
                 Err(e) => {
                     log::error!("flush: {e}");
