@@ -13,7 +13,7 @@ use crate::handle::Registry;
 use crate::irq::Routes;
 use crate::worker::Workers;
 
-/// A virtio device (opaque): virtio-blk today, virtio-scsi in the same shape later.
+/// A virtio device (opaque): virtio-blk (`vstor_blk_new`) or virtio-scsi (`vstor_scsi_new`).
 pub struct vstor_device {
     _opaque: [u8; 0],
 }
@@ -46,6 +46,9 @@ pub(crate) struct Device {
     pub internal_kicks: Vec<EventFd>,
     pub worker_mode: bool,
     pub workers: Mutex<Option<Workers>>,
+    /// The units of a virtio-scsi device (`None` for other device types): attach and detach
+    /// go through it, without the device lock.
+    pub scsi: Option<Arc<vstor_virtio_scsi::ScsiShared>>,
 }
 
 impl Device {
@@ -74,6 +77,7 @@ impl Device {
             internal_kicks,
             worker_mode,
             workers: Mutex::new(None),
+            scsi: None,
         })
     }
 

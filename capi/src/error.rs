@@ -51,6 +51,12 @@ impl From<vstor_virtio_blk::Error> for CError {
     }
 }
 
+impl From<vstor_virtio_scsi::Error> for CError {
+    fn from(e: vstor_virtio_scsi::Error) -> Self {
+        CError::new(e.errno(), e.to_string())
+    }
+}
+
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
     static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };

@@ -8,6 +8,10 @@
 //! a callback or irqfds. Requests run on the caller's thread (`vstor_device_kick`, or
 //! `vstor_device_process` when the completion fd is readable) or on vstor worker threads.
 //!
+//! A virtio-scsi device ([`scsi`]: `vstor_scsi_new`) is driven the same way; its logical units
+//! (disks or CD-ROMs on open block devices) are attached and detached with `vstor_scsi_attach`
+//! and `vstor_scsi_detach`, also while the driver runs (hotplug events follow).
+//!
 //! Rules every function follows: opaque handles that are looked up, never dereferenced (a
 //! stale or double-closed handle gives `-EBADF`); 0 (or a count) on success, a negative errno
 //! on failure with a message from [`error::vstor_last_error`]; no panic crosses the boundary
@@ -47,6 +51,7 @@ mod events;
 mod handle;
 pub mod io;
 pub mod irq;
+pub mod scsi;
 pub mod state;
 pub mod structs;
 pub mod transport;
@@ -58,6 +63,7 @@ pub use device::vstor_device;
 pub use error::vstor_last_error;
 pub use io::*;
 pub use irq::*;
+pub use scsi::*;
 pub use state::*;
 pub use transport::*;
 

@@ -22,7 +22,7 @@
 #define STATIC_ASSERT(c, m) _Static_assert(c, m)
 #endif
 
-/* Layouts of capi/src/{blk,blockdev,transport}.rs on LP64. */
+/* Layouts of capi/src/{blk,blockdev,transport,scsi}.rs on LP64. */
 STATIC_ASSERT(sizeof(struct vstor_blk_config) == 24, "vstor_blk_config");
 STATIC_ASSERT(offsetof(struct vstor_blk_config, num_queues) == 8, "num_queues");
 STATIC_ASSERT(offsetof(struct vstor_blk_config, max_discard_seg) == 12, "max_discard_seg");
@@ -37,6 +37,16 @@ STATIC_ASSERT(offsetof(struct vstor_device_info, config_len) == 12, "config_len"
 STATIC_ASSERT(sizeof(struct vstor_queue_config) == 32, "vstor_queue_config");
 STATIC_ASSERT(offsetof(struct vstor_queue_config, desc_addr) == 8, "desc_addr");
 STATIC_ASSERT(offsetof(struct vstor_queue_config, used_addr) == 24, "used_addr");
+/* capi/src/scsi.rs */
+STATIC_ASSERT(sizeof(struct vstor_scsi_config) == 24, "vstor_scsi_config");
+STATIC_ASSERT(offsetof(struct vstor_scsi_config, num_queues) == 8, "num_queues");
+STATIC_ASSERT(offsetof(struct vstor_scsi_config, seg_max) == 12, "seg_max");
+STATIC_ASSERT(offsetof(struct vstor_scsi_config, cmd_per_lun) == 20, "cmd_per_lun");
+STATIC_ASSERT(sizeof(struct vstor_lun_opts) == 56, "vstor_lun_opts");
+STATIC_ASSERT(offsetof(struct vstor_lun_opts, serial) == 8, "serial");
+STATIC_ASSERT(offsetof(struct vstor_lun_opts, wwn) == 16, "wwn");
+STATIC_ASSERT(offsetof(struct vstor_lun_opts, pr_file) == 48, "pr_file");
+STATIC_ASSERT(VSTOR_SCSI_MAX_LUNS == 16384 && VSTOR_SCSI_MAX_TARGETS == 256, "SCSI limits");
 STATIC_ASSERT(VSTOR_IRQ_CONFIG == 0xFFFFFFFFu, "VSTOR_IRQ_CONFIG");
 STATIC_ASSERT(VSTOR_ABI_VERSION == 1, "ABI 1");
 /* The split-ring structs of virtq.h. */

@@ -11,27 +11,32 @@
 #   1. cargo build -p vstor-capi; the soname must be libvstor.so.1
 #   2. tests/c/header_check.c as C11 (gcc) and C++17 (g++), -Wall -Wextra -Werror -pedantic,
 #      linked and run
-#   3. examples/c/{usage,blk_harness,misuse}.c, gcc -std=c11 -Wall -Wextra -Werror -pedantic,
-#      against libvstor.so (rpath), and misuse also statically against libvstor.a
+#   3. examples/c/{usage,blk_harness,misuse,scsi_harness}.c, gcc -std=c11 -Wall -Wextra
+#      -Werror -pedantic, against libvstor.so (rpath), and misuse also statically against
+#      libvstor.a
 #   4. native runs: usage (README example), blk_harness on a raw file (default engine, then
 #      VSTOR_DISABLE_IO_URING=1) and on memory:8M (synchronous completions), misuse, static
-#      misuse
+#      misuse, scsi_harness (virtio-scsi: two units, commands, hotplug events, misuse) on a raw
+#      file
 #   5. qcow2 through the C ABI: blk_harness on `qemu-img create -f qcow2 IMG 8M` (format
 #      "qcow2"; default engine, then VSTOR_DISABLE_IO_URING=1 with lazy refcounts) and on a qcow2 over a patterned
 #      raw backing file (format probed); contents checked through `qemu-img convert -O raw`,
 #      then `qemu-img check` must be clean and the dirty bit clear
 #   6. valgrind: blk_harness twice (default engine, then VSTOR_DISABLE_IO_URING=1), both qcow2
-#      images, misuse, usage
+#      images, misuse, usage, scsi_harness
 #   7. AddressSanitizer + UBSan build of the C side (the Rust library is not instrumented):
-#      blk_harness (raw and qcow2) and misuse; skipped with a message if ASan cannot run here
+#      blk_harness (raw and qcow2), misuse and scsi_harness; skipped with a message if ASan
+#      cannot run here
 #
 # Valgrind runs with --leak-check=full --errors-for-leak-kinds=all --error-exitcode=1, so any
 # definite, indirect, possible or still-reachable block and any memory error fails the step,
 # except what tests/c/valgrind.supp lists. What valgrind 3.19 reports on a clean run:
 #   definitely lost: 0, indirectly lost: 0, possibly lost: 0, still reachable: 0,
-#   suppressed: 192..576 bytes in 1..3 blocks (1 for usage, 2 for misuse, 3 for blk_harness)
+#   suppressed: 192..576 bytes in 1..3 blocks (1 for usage, 2 for misuse, 3 for blk_harness),
+#   856 bytes in 3 blocks for scsi_harness
 # The suppressed blocks are arc_swap's global debt-list nodes (192 bytes per thread that ever
-# read guest memory concurrently; by design never freed; see valgrind.supp). Nothing else:
+# read guest memory concurrently; by design never freed; see valgrind.supp) and, in programs
+# that run SCSI commands, vstor-scsi-disk's command tables (built once per process). Nothing else:
 # vstor frees its handle tables when the last handle closes, and the harness and misuse free
 # all they allocate.
 #
@@ -50,7 +55,7 @@ CARGO_ARGS=()
 for arg in "$@"; do
 	case $arg in
 	--release) PROFILE=release; CARGO_ARGS=(--release) ;;
-	-h | --help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h | --help) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "tests/c/run.sh: unknown argument $arg" >&2; exit 2 ;;
 	esac
 done
@@ -94,7 +99,7 @@ g++ -std=c++17 "${WARN[@]}" -g "${INC[@]}" -x c++ tests/c/header_check.c -x none
 
 step "build examples/c (gcc -std=c11 ${WARN[*]}; shared and static)"
 CFLAGS=(-std=c11 "${WARN[@]}" -g -O1 "${INC[@]}")
-for prog in usage blk_harness misuse; do
+for prog in usage blk_harness misuse scsi_harness; do
 	gcc "${CFLAGS[@]}" "examples/c/$prog.c" -o "$BUILD/$prog" "${LINK_SO[@]}"
 done
 gcc "${CFLAGS[@]}" examples/c/misuse.c -o "$BUILD/misuse_static" "${LINK_A[@]}"
@@ -143,6 +148,7 @@ VSTOR_DISABLE_IO_URING=1 "$BUILD/blk_harness" "$(new_image)" | tail -n 1
 "$BUILD/misuse" "$SCRATCH" >"$SCRATCH/misuse.out" || { cat "$SCRATCH/misuse.out"; die "misuse"; }
 tail -n 1 "$SCRATCH/misuse.out"
 "$BUILD/misuse_static" "$SCRATCH" | tail -n 1
+"$BUILD/scsi_harness" "$(new_image)"
 
 step "native: blk_harness on qcow2 (format qcow2: default engine, threads; probed, backing file)"
 img=$(new_qcow2)
@@ -190,6 +196,8 @@ step "valgrind: misuse"
 vg misuse "$BUILD/misuse" "$SCRATCH"
 step "valgrind: usage (the README example)"
 vg usage "$BUILD/usage"
+step "valgrind: scsi_harness (virtio-scsi)"
+vg scsi-harness "$BUILD/scsi_harness" "$(new_image)"
 
 step "AddressSanitizer + UBSan (C side instrumented)"
 SAN=(-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
@@ -197,7 +205,7 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=1
 if gcc -std=c11 -g "${SAN[@]}" "${INC[@]}" tests/c/header_check.c -o "$BUILD/header_check_asan" \
 	"${LINK_SO[@]}" 2>"$SCRATCH/asan-build.log" &&
 	"$BUILD/header_check_asan" >"$SCRATCH/asan-probe.log" 2>&1; then
-	for prog in blk_harness misuse; do
+	for prog in blk_harness misuse scsi_harness; do
 		gcc "${CFLAGS[@]}" "${SAN[@]}" "examples/c/$prog.c" -o "$BUILD/${prog}_asan" "${LINK_SO[@]}"
 	done
 	"$BUILD/blk_harness_asan" "$(new_image)" | tail -n 1
@@ -207,6 +215,7 @@ if gcc -std=c11 -g "${SAN[@]}" "${INC[@]}" tests/c/header_check.c -o "$BUILD/hea
 	"$BUILD/misuse_asan" "$SCRATCH" >"$SCRATCH/misuse-asan.out" 2>&1 ||
 		{ cat "$SCRATCH/misuse-asan.out"; die "misuse under ASan"; }
 	tail -n 1 "$SCRATCH/misuse-asan.out"
+	"$BUILD/scsi_harness_asan" "$(new_image)" | tail -n 1
 else
 	echo "SKIP: AddressSanitizer does not work here with libvstor:"
 	cat "$SCRATCH/asan-build.log" "$SCRATCH/asan-probe.log" 2>/dev/null | head -n 20
