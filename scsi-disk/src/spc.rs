@@ -379,20 +379,20 @@ fn fnv1a(s: &[u8]) -> u64 {
     })
 }
 
-/// The 16-byte NAA 6 (IEEE registered extended) identifier of the logical unit: the configured
-/// WWN (NAA nibble forced to 6) and a zero extension, or one derived from the serial number.
-pub fn naa6(lun: &LogicalUnit) -> [u8; 16] {
+/// The NAA identifier of the logical unit for VPD page 0x83: a configured WWN exactly as
+/// given (8 bytes, as QEMU's `wwn=` reports it: its top nibble is the NAA type, 5 for IEEE
+/// registered), else a 16-byte NAA 6 (IEEE registered extended) derived from the serial.
+pub fn naa_id(lun: &LogicalUnit) -> Vec<u8> {
     let o = lun.options();
-    let (hi, lo) = if o.wwn != 0 {
-        ((6 << 60) | (o.wwn & 0x0fff_ffff_ffff_ffff), 0)
-    } else {
-        let h = fnv1a(o.serial.as_bytes());
-        let hi = (6 << 60) | (DERIVED_OUI << 36) | (h >> 28);
-        (hi, h.rotate_left(32) ^ fnv1a(o.vendor.as_bytes()))
-    };
-    let mut id = [0u8; 16];
-    id[..8].copy_from_slice(&hi.to_be_bytes());
-    id[8..].copy_from_slice(&lo.to_be_bytes());
+    if o.wwn != 0 {
+        return o.wwn.to_be_bytes().to_vec();
+    }
+    let h = fnv1a(o.serial.as_bytes());
+    let hi = (6 << 60) | (DERIVED_OUI << 36) | (h >> 28);
+    let lo = h.rotate_left(32) ^ fnv1a(o.vendor.as_bytes());
+    let mut id = Vec::with_capacity(16);
+    id.extend_from_slice(&hi.to_be_bytes());
+    id.extend_from_slice(&lo.to_be_bytes());
     id
 }
 
@@ -427,7 +427,7 @@ fn vpd_page(lun: &LogicalUnit, page: u8) -> Option<Vec<u8>> {
         0x83 => {
             let mut d = Vec::new();
             // NAA, binary, logical unit.
-            designator(&mut d, 0x01, 0x03, &naa6(lun));
+            designator(&mut d, 0x01, 0x03, &naa_id(lun));
             // T10 vendor ID, ASCII, logical unit: vendor then serial.
             let mut t10 = ascii(&o.vendor, 8);
             t10.extend(ascii(&o.serial, o.serial.len().min(200)));

@@ -204,7 +204,7 @@ fn vpd_pages() {
     assert_eq!(descs.len(), 4);
     assert_eq!(descs[0][..4], [0x01, 0x03, 0, 16]);
     assert_eq!(descs[0][4] >> 4, 6, "NAA 6");
-    assert_eq!(descs[0][4..], spc::naa6(&lun));
+    assert_eq!(descs[0][4..], spc::naa_id(&lun));
     assert_eq!(descs[1][..4], [0x02, 0x01, 0, 14]);
     assert_eq!(&descs[1][4..], b"VSTOR   vstor0");
     assert_eq!(descs[2], [0x01, 0x14, 0, 4, 0, 0, 0, 1]);
@@ -257,11 +257,12 @@ fn naa_from_wwn() {
             ..Default::default()
         },
     );
-    let id = spc::naa6(&lun);
-    assert_eq!(id[..8], 0x6001_4050_0000_0001u64.to_be_bytes());
-    assert_eq!(id[8..], [0; 8]);
+    // The WWN as given: an 8-byte NAA 5 designator.
+    let id = spc::naa_id(&lun);
+    assert_eq!(id, 0x5001_4050_0000_0001u64.to_be_bytes());
     let other = ready();
-    assert_ne!(spc::naa6(&other), id);
+    assert_eq!(spc::naa_id(&other).len(), 16);
+    assert_eq!(spc::naa_id(&other)[0] >> 4, 6, "derived: NAA 6");
 }
 
 #[test]

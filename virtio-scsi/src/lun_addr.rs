@@ -35,15 +35,12 @@ impl LunAddr {
         Some(LunAddr { target: b[1], lun })
     }
 
-    /// The address the device reports in events: flat space addressing, as Linux sends it.
+    /// The address the device reports in events, in the form REPORT LUNS uses (peripheral
+    /// addressing below 256, flat space above): Linux reads bytes 2-3 of an event as the LUN
+    /// number its scan found, so the two must agree.
     pub fn encode(self) -> [u8; 8] {
-        let [hi, lo] = self.lun.to_be_bytes();
-        let b2 = if self.lun == REPORT_LUNS_WLUN {
-            hi
-        } else {
-            0x40 | (hi & 0x3f)
-        };
-        [1, self.target, b2, lo, 0, 0, 0, 0]
+        let l = vstor_scsi_disk::target::encode_lun(self.lun);
+        [1, self.target, l[0], l[1], 0, 0, 0, 0]
     }
 
     /// Whether this addresses a logical unit (not a well-known LUN).
