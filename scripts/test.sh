@@ -66,6 +66,13 @@ tests/guest/run-blk.sh --backend vstor
 step "Linux guest: the same on a qcow2 image"
 tests/guest/run-blk.sh --backend vstor --format qcow2
 
+step "Linux guest: vhost-user-scsi-pci on vstor serve scsi (sg3_utils, fio, hotplug, resize)"
+tests/guest/run-scsi.sh --backend vstor
+
+step "Linux guest: the same sg3_utils run on QEMU's own scsi-hd (the reference)"
+tests/guest/run-scsi.sh --backend qemu
+tests/guest/scsi-table.sh
+
 step "benchmark smoke run against qemu-storage-daemon"
 benches/scripts/compare-qsd.sh --quick
 
