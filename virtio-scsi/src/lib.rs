@@ -33,6 +33,8 @@ pub mod device;
 pub mod error;
 pub mod eventq;
 pub mod events;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod fuzzing;
 pub mod lun_addr;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod mock;
