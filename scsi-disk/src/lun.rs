@@ -3,6 +3,7 @@
 //! for.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use vstor_blockdev::BlockDev;
@@ -99,9 +100,31 @@ pub struct Outcome {
     pub data_in_len: usize,
 }
 
+/// Lock-free summaries of the state every command checks, so that a READ or WRITE with
+/// nothing pending takes no lock but the medium's: each is conservative (a stale "maybe"
+/// only sends a command down the locked path).
+#[derive(Debug, Default)]
+pub(crate) struct Hot {
+    /// `nexus + 1` of a nexus that was seen and had no unit attention pending when last
+    /// checked; 0 = none. Every queued unit attention resets it ([`LunState::push_ua`]).
+    pub quiet: AtomicU64,
+    /// Whether some nexus may have sense kept for REQUEST SENSE.
+    pub sense_kept: AtomicBool,
+    /// Whether a reservation (RESERVE or persistent) or a registration may exist.
+    pub reserved: AtomicBool,
+    /// START STOP UNIT stopped the unit.
+    pub stopped: AtomicBool,
+    /// Logical block size of the medium.
+    pub block_size: AtomicU64,
+    /// Logical blocks of the medium (0 without one).
+    pub blocks: AtomicU64,
+}
+
 /// Mutable state of a logical unit.
 #[derive(Debug, Default)]
 pub(crate) struct LunState {
+    /// The lock-free summaries (shared with the [`LogicalUnit`]).
+    pub hot: Arc<Hot>,
     /// Pending unit attentions per I_T nexus, oldest first.
     pub ua: HashMap<u64, VecDeque<Sense>>,
     /// Nexuses that have been told about power-on already.
@@ -110,8 +133,6 @@ pub(crate) struct LunState {
     pub wce: bool,
     /// Control mode page D_SENSE: report sense in descriptor format.
     pub d_sense: bool,
-    /// START STOP UNIT stopped the unit.
-    pub stopped: bool,
     /// PREVENT ALLOW MEDIUM REMOVAL state.
     pub prevent: bool,
     /// The last sense per nexus, for REQUEST SENSE.
@@ -124,6 +145,26 @@ pub(crate) struct LunState {
     pub pr: crate::pr::PrState,
 }
 
+impl LunState {
+    /// Queues unit attention `s` for `nexus` (at the front for POWER ON), once.
+    pub fn push_ua(&mut self, nexus: u64, s: Sense, front: bool) {
+        let q = self.ua.entry(nexus).or_default();
+        if !q.contains(&s) {
+            if front {
+                q.push_front(s);
+            } else {
+                q.push_back(s);
+            }
+        }
+        self.hot.quiet.store(0, Ordering::Release);
+    }
+
+    /// Whether a reservation or registration exists.
+    pub fn reserved(&self) -> bool {
+        self.reservation.is_some() || !self.pr.regs.is_empty() || self.pr.reservation.is_some()
+    }
+}
+
 /// A SCSI logical unit over a block device.
 pub struct LogicalUnit {
     /// The medium: swapped by [`LogicalUnit::replace_medium`] (resize, eject/load); `None`
@@ -131,6 +172,7 @@ pub struct LogicalUnit {
     medium: RwLock<Option<Arc<dyn BlockDev>>>,
     pub(crate) opts: LunOptions,
     state: Mutex<LunState>,
+    hot: Arc<Hot>,
     /// Commands that write the medium hold it shared; COMPARE AND WRITE holds it exclusive, so
     /// no write lands between its compare and its write (SBC-4 §5.3: atomic against other
     /// commands).
@@ -179,30 +221,68 @@ impl LogicalUnit {
 
     fn with_pr(dev: Arc<dyn BlockDev>, opts: LunOptions, pr: crate::pr::PrState) -> LogicalUnit {
         let wce = dev.info().write_cache;
-        LogicalUnit {
+        let hot = Arc::new(Hot::default());
+        let st = LunState {
+            wce,
+            pr,
+            hot: hot.clone(),
+            ..Default::default()
+        };
+        hot.reserved.store(st.reserved(), Ordering::Release);
+        let lun = LogicalUnit {
             medium: RwLock::new(Some(dev)),
             opts,
-            state: Mutex::new(LunState {
-                wce,
-                pr,
-                ..Default::default()
-            }),
+            state: Mutex::new(st),
+            hot,
             write_gate: RwLock::new(()),
-        }
+        };
+        lun.set_geometry(lun.medium().as_ref());
+        lun
     }
 
     /// A CD/DVD-ROM logical unit ([`LunKind::Cdrom`], whatever `opts.kind` says) with `dev`
     /// in its closed tray, or empty.
     pub fn new_cdrom(dev: Option<Arc<dyn BlockDev>>, opts: LunOptions) -> LogicalUnit {
-        LogicalUnit {
+        let hot = Arc::new(Hot::default());
+        let lun = LogicalUnit {
             medium: RwLock::new(dev),
             opts: LunOptions {
                 kind: LunKind::Cdrom,
                 ..opts
             },
-            state: Mutex::new(LunState::default()),
+            state: Mutex::new(LunState {
+                hot: hot.clone(),
+                ..Default::default()
+            }),
+            hot,
             write_gate: RwLock::new(()),
-        }
+        };
+        lun.set_geometry(lun.medium().as_ref());
+        lun
+    }
+
+    /// Records the block size and block count of `dev` (or none) for the lock-free path.
+    fn set_geometry(&self, dev: Option<&Arc<dyn BlockDev>>) {
+        let bs = match (self.opts.kind, dev) {
+            (LunKind::Cdrom, _) => crate::mmc::BLOCK_SIZE,
+            (LunKind::Disk, Some(d)) => u64::from(d.info().logical_block_size).max(1),
+            (LunKind::Disk, None) => 512,
+        };
+        let blocks = dev.map_or(0, |d| d.info().size / bs);
+        self.hot.block_size.store(bs, Ordering::Release);
+        self.hot.blocks.store(blocks, Ordering::Release);
+    }
+
+    /// The lock-free summaries.
+    pub(crate) fn hot(&self) -> &Hot {
+        &self.hot
+    }
+
+    /// Recomputes whether a reservation or registration exists (after the commands and
+    /// resets that change them).
+    pub(crate) fn refresh_reserved(&self) {
+        let st = self.state();
+        self.hot.reserved.store(st.reserved(), Ordering::Release);
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, LunState> {
@@ -232,10 +312,11 @@ impl LogicalUnit {
                 .map(|d| (d.info().size, d.info().logical_block_size))
         };
         let new_geometry = geometry(&dev);
-        let old = std::mem::replace(
-            &mut *self.medium.write().unwrap_or_else(|e| e.into_inner()),
-            dev,
-        );
+        let old = {
+            let mut m = self.medium.write().unwrap_or_else(|e| e.into_inner());
+            self.set_geometry(dev.as_ref());
+            std::mem::replace(&mut *m, dev)
+        };
         let old_geometry = geometry(&old);
         match (old_geometry, new_geometry) {
             (None, Some(_)) => self.raise_unit_attention(Sense::MEDIUM_MAY_HAVE_CHANGED),
@@ -252,23 +333,12 @@ impl LogicalUnit {
 
     /// Block size in bytes (2048 on a CD/DVD-ROM unit).
     pub fn block_size(&self) -> u64 {
-        if self.opts.kind == LunKind::Cdrom {
-            return crate::mmc::BLOCK_SIZE;
-        }
-        self.medium()
-            .map_or(512, |d| u64::from(d.info().logical_block_size).max(1))
+        self.hot.block_size.load(Ordering::Acquire)
     }
 
     /// Number of logical blocks.
     pub fn blocks(&self) -> u64 {
-        if self.opts.kind == LunKind::Cdrom {
-            return self
-                .medium()
-                .map_or(0, |d| d.info().size / crate::mmc::BLOCK_SIZE);
-        }
-        self.medium().map_or(0, |d| {
-            d.info().size / u64::from(d.info().logical_block_size).max(1)
-        })
+        self.hot.blocks.load(Ordering::Acquire)
     }
 
     /// Queues a unit attention for every nexus (e.g. capacity or mode parameters changed).
@@ -276,26 +346,36 @@ impl LogicalUnit {
         let mut st = self.state();
         let nexuses: Vec<u64> = st.seen.iter().copied().collect();
         for n in nexuses {
-            let q = st.ua.entry(n).or_default();
-            if !q.contains(&sense) {
-                q.push_back(sense);
-            }
+            st.push_ua(n, sense, false);
         }
     }
 
     /// Executes one command.
     pub fn execute(&self, cmd: &mut Command<'_>) -> Outcome {
-        if crate::spc::reservation_conflict(self, cmd.cdb, cmd.nexus) {
+        if self.hot.reserved.load(Ordering::Acquire)
+            && crate::spc::reservation_conflict(self, cmd.cdb, cmd.nexus)
+        {
             return Outcome {
                 status: status::RESERVATION_CONFLICT,
                 sense: Vec::new(),
                 data_in_len: 0,
             };
         }
-        match self.run(cmd) {
+        let result = self.run(cmd);
+        if matches!(cmd.cdb.first(), Some(0x16 | 0x17 | 0x56 | 0x57 | 0x5f)) {
+            // RESERVE / RELEASE / PERSISTENT RESERVE OUT: reservations may have changed.
+            self.refresh_reserved();
+        }
+        match result {
             Ok(n) => {
                 // A command that completed leaves no sense for REQUEST SENSE to report.
-                self.state().last_sense.remove(&cmd.nexus);
+                if self.hot.sense_kept.load(Ordering::Acquire) {
+                    let mut st = self.state();
+                    st.last_sense.remove(&cmd.nexus);
+                    if st.last_sense.is_empty() {
+                        self.hot.sense_kept.store(false, Ordering::Release);
+                    }
+                }
                 Outcome {
                     status: status::GOOD,
                     sense: Vec::new(),
@@ -315,6 +395,7 @@ impl LogicalUnit {
     pub(crate) fn check_condition(&self, nexus: u64, s: Sense) -> Outcome {
         let mut st = self.state();
         st.last_sense.insert(nexus, s);
+        self.hot.sense_kept.store(true, Ordering::Release);
         let sense = if st.d_sense {
             s.descriptor()
         } else {
@@ -359,12 +440,12 @@ impl LogicalUnit {
     /// Reports the oldest pending unit attention of this nexus (a nexus seen for the first
     /// time gets POWER ON, RESET).
     fn unit_attention(&self, opcode: u8, nexus: u64) -> Result<(), Sense> {
+        if nexus != u64::MAX && self.hot.quiet.load(Ordering::Acquire) == nexus + 1 {
+            return Ok(());
+        }
         let mut st = self.state();
         if st.seen.insert(nexus) {
-            st.ua
-                .entry(nexus)
-                .or_default()
-                .push_front(Sense::POWER_ON_RESET);
+            st.push_ua(nexus, Sense::POWER_ON_RESET, true);
         }
         // MMC: GET CONFIGURATION and GET EVENT STATUS NOTIFICATION neither report nor clear
         // a unit attention.
@@ -372,7 +453,11 @@ impl LogicalUnit {
         if UA_EXEMPT.contains(&opcode) || mmc_exempt {
             return Ok(());
         }
-        match st.ua.get_mut(&nexus).and_then(VecDeque::pop_front) {
+        let pending = st.ua.get_mut(&nexus).and_then(VecDeque::pop_front);
+        if st.ua.get(&nexus).is_none_or(VecDeque::is_empty) && nexus != u64::MAX {
+            self.hot.quiet.store(nexus + 1, Ordering::Release);
+        }
+        match pending {
             Some(s) => Err(s),
             None => Ok(()),
         }

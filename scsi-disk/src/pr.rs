@@ -505,10 +505,7 @@ fn byte(b: &[u8], i: usize) -> u8 {
 /// Queues unit attention `s` for one nexus (once: a condition already pending is not queued
 /// again).
 pub(crate) fn queue_ua(st: &mut LunState, nexus: u64, s: Sense) {
-    let q = st.ua.entry(nexus).or_default();
-    if !q.contains(&s) {
-        q.push_back(s);
-    }
+    st.push_ua(nexus, s, false);
 }
 
 /// Whether `cdb` from `nexus` conflicts with the reservation state: a persistent reservation

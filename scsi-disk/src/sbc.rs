@@ -185,7 +185,7 @@ fn check_range(lun: &LogicalUnit, lba: u64, blocks: u64) -> Result<(), Sense> {
 
 /// NOT READY when START STOP UNIT stopped the unit.
 fn check_started(lun: &LogicalUnit) -> Result<(), Sense> {
-    if lun.state().stopped {
+    if lun.hot().stopped.load(std::sync::atomic::Ordering::Acquire) {
         Err(crate::spc::NOT_READY_INIT_REQUIRED)
     } else {
         Ok(())
@@ -640,7 +640,9 @@ fn start_stop_unit(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Se
     let b4 = cmd.cdb[4];
     match b4 >> 4 {
         0 => {
-            lun.state().stopped = b4 & 1 == 0;
+            lun.hot()
+                .stopped
+                .store(b4 & 1 == 0, std::sync::atomic::Ordering::Release);
             Ok(0)
         }
         1 | 2 | 3 | 7 | 0xa | 0xb => Ok(0),

@@ -300,7 +300,7 @@ fn ascii(s: &str, n: usize) -> Vec<u8> {
 }
 
 fn test_unit_ready(lun: &LogicalUnit, _cmd: &mut Command<'_>) -> Result<usize, Sense> {
-    if lun.state().stopped {
+    if lun.hot().stopped.load(std::sync::atomic::Ordering::Acquire) {
         return Err(NOT_READY_INIT_REQUIRED);
     }
     Ok(0)
@@ -871,10 +871,7 @@ fn mode_select(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sense>
             .filter(|&n| n != cmd.nexus)
             .collect();
         for n in others {
-            let q = st.ua.entry(n).or_default();
-            if !q.contains(&Sense::MODE_PARAMETERS_CHANGED) {
-                q.push_back(Sense::MODE_PARAMETERS_CHANGED);
-            }
+            st.push_ua(n, Sense::MODE_PARAMETERS_CHANGED, false);
         }
     }
     Ok(0)
@@ -948,7 +945,9 @@ mod tests {
         };
         assert_eq!(lun.execute(&mut c).status, 2, "power on UA");
         assert_eq!(lun.execute(&mut c).status, 0);
-        lun.state().stopped = true;
+        lun.hot()
+            .stopped
+            .store(true, std::sync::atomic::Ordering::Release);
         let out = lun.execute(&mut c);
         assert_eq!(&out.sense[..3], &[0x70, 0, 0x02]);
         assert_eq!((out.sense[12], out.sense[13]), (0x04, 0x02));

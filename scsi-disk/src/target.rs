@@ -100,8 +100,19 @@ impl Target {
     /// Executes `cmd` addressed to `lun` (a LUN in 0..[`MAX_LUNS`] or
     /// [`REPORT_LUNS_WLUN`]).
     pub fn execute(&self, lun: u16, cmd: &mut Command<'_>) -> Outcome {
-        let opcode = cmd.cdb.first().copied();
         let unit = self.map().get(&lun).cloned();
+        self.execute_on(lun, unit.as_ref(), cmd)
+    }
+
+    /// Like [`Target::execute`] with the unit at `lun` already looked up (a transport that
+    /// caches lookups; `None`: no unit there).
+    pub fn execute_on(
+        &self,
+        lun: u16,
+        unit: Option<&Arc<LogicalUnit>>,
+        cmd: &mut Command<'_>,
+    ) -> Outcome {
+        let opcode = cmd.cdb.first().copied();
         match (unit, opcode) {
             // REPORT LUNS is the target's: the same answer through every LUN. The unit still
             // gets the command first so its unit attentions and CDB checks apply.
@@ -257,22 +268,23 @@ impl LogicalUnit {
             st.d_sense = false;
             st.prevent = false;
         }
+        self.refresh_reserved();
         self.raise_unit_attention(Sense::BUS_DEVICE_RESET);
     }
 
     /// I_T NEXUS RESET (SAM-5 §7.8) for `nexus`: its RESERVE(6)/(10) reservation is
     /// released and it gets I_T NEXUS LOSS OCCURRED.
     pub fn nexus_reset(&self, nexus: u64) {
-        let mut st = self.state();
-        if st.reservation == Some(nexus) {
-            st.reservation = None;
-        }
-        if st.seen.contains(&nexus) {
-            let q = st.ua.entry(nexus).or_default();
-            if !q.contains(&Sense::NEXUS_LOSS) {
-                q.push_back(Sense::NEXUS_LOSS);
+        {
+            let mut st = self.state();
+            if st.reservation == Some(nexus) {
+                st.reservation = None;
+            }
+            if st.seen.contains(&nexus) {
+                st.push_ua(nexus, Sense::NEXUS_LOSS, false);
             }
         }
+        self.refresh_reserved();
     }
 }
 
