@@ -14,6 +14,15 @@ use crate::error::{Error, Result};
 use crate::memory::{host_ptr, range_valid, read_16, GuestMemory, RegionHint};
 
 const DESC_SIZE: u64 = 16;
+
+/// The segment as one volatile slice of the region holding it (one region lookup, no
+/// iteration), or `None` when it crosses regions (callers fall back to vm-memory's copies).
+fn region_slice(mem: &GuestMemory, s: Segment) -> Option<vm_memory::VolatileSlice<'_, ()>> {
+    use vm_memory::{GuestMemoryBackend as _, GuestMemoryRegion as _, MemoryRegionAddress};
+    let r = mem.find_region(s.addr)?;
+    let off = s.addr.0 - r.start_addr().0;
+    r.get_slice(MemoryRegionAddress(off), s.len as usize).ok()
+}
 /// Descriptor flag (§2.7.5): the chain continues at `next`.
 pub const F_NEXT: u16 = 1;
 /// Descriptor flag (§2.7.5): the buffer is device-writable.
@@ -390,11 +399,17 @@ impl Reader<'_> {
                     return Ok(());
                 }
             }
-            mem.read_slice(&mut buf[done..end], s.addr)
-                .map_err(|source| Error::Memory {
-                    addr: s.addr,
-                    source,
-                })?;
+            match region_slice(mem, s) {
+                Some(v) => {
+                    v.copy_to(&mut buf[done..end]);
+                }
+                None => mem
+                    .read_slice(&mut buf[done..end], s.addr)
+                    .map_err(|source| Error::Memory {
+                        addr: s.addr,
+                        source,
+                    })?,
+            }
             done = end;
             Ok(())
         })
@@ -438,11 +453,16 @@ impl<'a> Writer<'a> {
         let mut done = 0usize;
         self.cursor.take("write", buf.len() as u64, |s| {
             let end = done + s.len as usize;
-            mem.write_slice(&buf[done..end], s.addr)
-                .map_err(|source| Error::Memory {
-                    addr: s.addr,
-                    source,
-                })?;
+            match region_slice(mem, s) {
+                Some(v) => v.copy_from(&buf[done..end]),
+                None => {
+                    mem.write_slice(&buf[done..end], s.addr)
+                        .map_err(|source| Error::Memory {
+                            addr: s.addr,
+                            source,
+                        })?
+                }
+            }
             done = end;
             Ok(())
         })
@@ -459,6 +479,11 @@ impl<'a> Writer<'a> {
             out.push(s);
             Ok(())
         })
+    }
+
+    /// Skips `len` bytes, leaving them as they are.
+    pub fn skip(&mut self, len: u64) -> Result<()> {
+        self.cursor.take("skip", len, |_| Ok(()))
     }
 
     /// Reserves the last `len` bytes (a status byte, a response trailer) as a separate writer,

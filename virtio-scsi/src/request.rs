@@ -7,11 +7,13 @@
 //! unknown target with BAD_TARGET, a missing LUN through the target (LOGICAL UNIT NOT
 //! SUPPORTED), a command a task management function aborted with ABORTED.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use virtio_queue::Queue;
-use vstor_scsi_disk::{status, Command, Outcome};
-use vstor_virtio_core::chain::Writer;
+use vstor_scsi_disk::{status, Command, LogicalUnit, Outcome, Target};
+use vstor_virtio_core::chain::{Segment, Writer};
+use vstor_virtio_core::memory::host_ptr;
 use vstor_virtio_core::GuestMemory;
 
 use crate::error::Result;
@@ -32,6 +34,63 @@ pub struct ScsiQueueHandler {
     data_out: Vec<u8>,
     /// Data-in bounce buffer, reused.
     data_in: Vec<u8>,
+    /// Scratch list of guest segments.
+    segs: Vec<Segment>,
+    /// Looked-up targets and units.
+    cache: UnitCache,
+}
+
+/// Targets and units by address, valid while the device's topology number stays the same.
+#[derive(Debug, Default)]
+struct UnitCache {
+    topology: u64,
+    /// The last address looked up (most commands go to the same unit as the one before).
+    last: Option<LunAddr>,
+    map: HashMap<LunAddr, CachedUnit>,
+}
+
+type CachedUnit = (Arc<Target>, Option<Arc<LogicalUnit>>);
+
+/// Most addresses cached (a guest probing every LUN does not grow it without bound).
+const UNIT_CACHE_MAX: usize = 1024;
+
+impl UnitCache {
+    /// The target and unit at `addr` (`None`: no such target), borrowed from the cache.
+    fn lookup(&mut self, shared: &ScsiShared, addr: LunAddr) -> Option<&CachedUnit> {
+        let topology = shared.topology();
+        if topology != self.topology || self.map.len() >= UNIT_CACHE_MAX {
+            self.map.clear();
+            self.last = None;
+            self.topology = topology;
+        }
+        if self.last != Some(addr) && !self.map.contains_key(&addr) {
+            let target = shared.target(addr.target)?;
+            let unit = target.get(u32::from(addr.lun));
+            self.map.insert(addr, (target, unit));
+        }
+        self.last = Some(addr);
+        self.map.get(&addr)
+    }
+}
+
+/// When the next `len` bytes (taken by `take`) are exactly `want` guest segments (1 for a
+/// data-out; 2 for a data-in taken together with the response before it), a host pointer to
+/// the last one and its length.
+fn direct_buffer(
+    mem: &GuestMemory,
+    segs: &mut Vec<Segment>,
+    len: u64,
+    want: usize,
+    take: impl FnOnce(u64, &mut Vec<Segment>) -> vstor_virtio_core::Result<()>,
+) -> Option<(*mut u8, usize)> {
+    segs.clear();
+    take(len, segs).ok()?;
+    if segs.len() != want {
+        return None;
+    }
+    let last = *segs.last()?;
+    let p = host_ptr(mem, last.addr, u64::from(last.len))?;
+    Some((p, last.len as usize))
 }
 
 impl ScsiQueueHandler {
@@ -44,6 +103,8 @@ impl ScsiQueueHandler {
             features,
             data_out: Vec::new(),
             data_in: Vec::new(),
+            segs: Vec::with_capacity(4),
+            cache: UnitCache::default(),
         }
     }
 
@@ -57,7 +118,12 @@ impl ScsiQueueHandler {
     pub fn process_queue(&mut self, queue: &mut Queue, mem: &Arc<GuestMemory>) -> Result<bool> {
         let shared = self.shared.clone();
         let features = self.features;
-        let (data_out, data_in) = (&mut self.data_out, &mut self.data_in);
+        let (data_out, data_in, segs, cache) = (
+            &mut self.data_out,
+            &mut self.data_in,
+            &mut self.segs,
+            &mut self.cache,
+        );
         self.ring.run(
             queue,
             mem,
@@ -70,6 +136,8 @@ impl ScsiQueueHandler {
                     mem,
                     data_out,
                     data_in,
+                    segs,
+                    cache,
                 };
                 req.handle(ring, head)
             },
@@ -83,6 +151,8 @@ struct Request<'a> {
     mem: &'a GuestMemory,
     data_out: &'a mut Vec<u8>,
     data_in: &'a mut Vec<u8>,
+    segs: &'a mut Vec<Segment>,
+    cache: &'a mut UnitCache,
 }
 
 impl Request<'_> {
@@ -133,40 +203,81 @@ impl Request<'_> {
         let Some(addr) = LunAddr::decode(&h.lun) else {
             return fail(&mut w, response::BAD_TARGET);
         };
-        let Some(target) = self.shared.target(addr.target) else {
+        let Some((target, unit)) = self.cache.lookup(self.shared, addr) else {
             return fail(&mut w, response::BAD_TARGET);
         };
-        self.data_out.resize(out_len as usize, 0);
-        if r.read_exact(mem, self.data_out).is_err() {
-            return fail(&mut w, response::FAILURE);
-        }
+        let (target, unit) = (&**target, unit.as_ref());
+        // Data moves straight between the unit and guest memory when it is one contiguous
+        // guest buffer in one direction (the common case: Linux hands a page per 4 KiB);
+        // otherwise through the bounce buffers.
+        let direct_out = if out_len > 0 && in_len == 0 {
+            let mut rd = r.clone();
+            direct_buffer(mem, self.segs, out_len, 1, |len, segs| {
+                rd.take_segments(len, segs)
+            })
+        } else {
+            None
+        };
+        let direct_in = if in_len > 0 && out_len == 0 && in_len <= max {
+            let mut wd = w.clone();
+            direct_buffer(mem, self.segs, resp_len + in_len, 2, |len, segs| {
+                wd.take_segments(len, segs)
+            })
+            .and_then(|(p, n)| {
+                // The first `resp_len` bytes must be a segment of their own: the response.
+                (self.segs.len() == 2 && self.segs[0].len as u64 == resp_len).then_some((p, n))
+            })
+        } else {
+            None
+        };
+        let data_out: &[u8] = match direct_out {
+            // SAFETY: `direct_buffer` checked with `host_ptr` that `[p, p + n)` lies inside
+            // one mapped region of `mem`, which this request holds (an `Arc`) until the
+            // command returns. No other reference to these bytes exists in vstor meanwhile:
+            // only one direction is ever mapped directly, and the response is written
+            // afterwards through `mem`. The guest may write them concurrently, as it may any
+            // DMA buffer; the unit treats them as plain bytes.
+            Some((p, n)) => unsafe { std::slice::from_raw_parts(p, n) },
+            None => {
+                self.data_out.resize(out_len as usize, 0);
+                if r.read_exact(mem, self.data_out).is_err() {
+                    return fail(&mut w, response::FAILURE);
+                }
+                &self.data_out[..]
+            }
+        };
         let in_cap = in_len.min(max) as usize;
-        if self.data_in.len() < in_cap {
-            self.data_in.resize(in_cap, 0);
-        }
+        let direct = direct_in.is_some();
+        let data_in: &mut [u8] = match direct_in {
+            // SAFETY: as for `data_out` above: one mapped region of `mem`, held by this
+            // request, referenced by nothing else in vstor until the command returns.
+            Some((p, n)) => unsafe { std::slice::from_raw_parts_mut(p, n) },
+            None => {
+                if self.data_in.len() < in_cap {
+                    self.data_in.resize(in_cap, 0);
+                }
+                &mut self.data_in[..in_cap]
+            }
+        };
         let tasks = self.shared.tasks();
         let task = tasks.start(addr, h.tag);
-        let outcome = if tasks.is_aborted(&task) {
-            None
-        } else {
-            Some(target.execute(
-                addr.lun,
-                &mut Command {
-                    cdb,
-                    data_out: self.data_out,
-                    data_in: &mut self.data_in[..in_cap],
-                    nexus: NEXUS,
-                },
-            ))
-        };
-        let aborted = tasks.finish(task);
-        let outcome = match outcome {
-            Some(o) if !aborted => o,
-            _ => return fail(&mut w, response::ABORTED),
-        };
-        self.respond(ring, head, w, &outcome, sense_size, out_len, in_len)
+        let outcome = target.execute_on(
+            addr.lun,
+            unit,
+            &mut Command {
+                cdb,
+                data_out,
+                data_in,
+                nexus: NEXUS,
+            },
+        );
+        if tasks.finish(task) {
+            return fail(&mut w, response::ABORTED);
+        }
+        self.respond(ring, head, w, &outcome, sense_size, out_len, in_len, direct)
     }
 
+    /// Writes the response (and, unless the unit wrote it in place, the data-in).
     #[allow(clippy::too_many_arguments)]
     fn respond(
         &self,
@@ -177,9 +288,14 @@ impl Request<'_> {
         sense_size: usize,
         out_len: u64,
         in_len: u64,
+        direct: bool,
     ) -> Result<u32> {
         let mem = self.mem;
-        let n = o.data_in_len.min(self.data_in.len());
+        let n = if direct {
+            o.data_in_len.min(in_len as usize)
+        } else {
+            o.data_in_len.min(self.data_in.len())
+        };
         let sense_len = o.sense.len().min(sense_size);
         let resid = if in_len > 0 {
             in_len - n as u64
@@ -197,10 +313,14 @@ impl Request<'_> {
         let io =
             |e: vstor_virtio_core::Error| ring.fatal(head, format!("writing the response: {e}"));
         w.write_all(mem, &resp.to_bytes()).map_err(io)?;
-        w.write_all(mem, &o.sense[..sense_len]).map_err(io)?;
-        w.write_zeroes(mem, (sense_size - sense_len) as u64)
-            .map_err(io)?;
-        w.write_all(mem, &self.data_in[..n]).map_err(io)?;
+        if sense_len > 0 {
+            // Bytes past `sense_len` are undefined (§5.6.6.1): left as they are.
+            w.write_all(mem, &o.sense[..sense_len]).map_err(io)?;
+        }
+        if !direct && n > 0 {
+            w.skip((sense_size - sense_len) as u64).map_err(io)?;
+            w.write_all(mem, &self.data_in[..n]).map_err(io)?;
+        }
         Ok((CMD_RESP_HEADER + sense_size + n) as u32)
     }
 }

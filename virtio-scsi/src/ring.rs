@@ -9,6 +9,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vstor_virtio_core::chain::{Chain, ChainLimits};
 use vstor_virtio_core::features::RING_INDIRECT_DESC;
+use vstor_virtio_core::ring::RingPtrs;
 use vstor_virtio_core::{virtio_queue, GuestMemory};
 
 use crate::error::{Error, Result};
@@ -24,6 +25,8 @@ pub struct RingCtx {
     pub chain: Chain,
     /// Set after a fatal protocol error; the queue is left alone until reset.
     pub broken: bool,
+    /// Host pointers to the rings, for the guest memory map they were computed in.
+    ptrs: Option<(Arc<GuestMemory>, RingPtrs)>,
 }
 
 impl RingCtx {
@@ -36,7 +39,20 @@ impl RingCtx {
             },
             chain: Chain::default(),
             broken: false,
+            ptrs: None,
         }
+    }
+
+    /// The ring fast path for `queue` in `mem` (cached per memory map and queue addresses).
+    fn ring_ptrs(&mut self, queue: &Queue, mem: &Arc<GuestMemory>) -> Option<RingPtrs> {
+        if let Some((m, r)) = &self.ptrs {
+            if Arc::ptr_eq(m, mem) && r.matches(queue) {
+                return Some(*r);
+            }
+        }
+        let r = RingPtrs::new(mem, queue)?;
+        self.ptrs = Some((mem.clone(), r));
+        Some(r)
     }
 
     /// A fatal protocol error on the request whose head is `head`.
@@ -81,17 +97,24 @@ impl RingCtx {
         if self.broken {
             return Ok(false);
         }
-        let mut added = false;
+        let ring = self.ring_ptrs(queue, mem);
+        let mut added: u16 = 0;
         let r = (|| loop {
-            queue
-                .disable_notification(mem.as_ref())
-                .map_err(|e| self.queue_err(e))?;
+            match ring {
+                Some(p) => p.disable_notification(queue),
+                None => queue
+                    .disable_notification(mem.as_ref())
+                    .map_err(|e| self.queue_err(e))?,
+            }
             let mut stalled = false;
             while want() {
-                let Some(head) = queue
-                    .pop_descriptor_chain(mem.as_ref())
-                    .map(|c| c.head_index())
-                else {
+                let popped = match ring {
+                    Some(p) => p.pop(queue),
+                    None => queue
+                        .pop_descriptor_chain(mem.as_ref())
+                        .map(|c| c.head_index()),
+                };
+                let Some(head) = popped else {
                     if self.check_avail(queue, mem, stalled)? {
                         stalled = true;
                         continue;
@@ -100,16 +123,22 @@ impl RingCtx {
                 };
                 stalled = false;
                 let used = handle(self, queue, head)?;
-                queue
-                    .add_used(mem.as_ref(), head, used)
-                    .map_err(|e| self.queue_err(e))?;
-                added = true;
+                match ring {
+                    Some(p) if head < queue.size() => p.add_used(queue, head, used),
+                    _ => queue
+                        .add_used(mem.as_ref(), head, used)
+                        .map_err(|e| self.queue_err(e))?,
+                }
+                added = added.wrapping_add(1);
             }
-            if !want()
-                || !queue
-                    .enable_notification(mem.as_ref())
-                    .map_err(|e| self.queue_err(e))?
-            {
+            let more = want()
+                && match ring {
+                    Some(p) => p.enable_notification(queue),
+                    None => queue
+                        .enable_notification(mem.as_ref())
+                        .map_err(|e| self.queue_err(e))?,
+                };
+            if !more {
                 return Ok::<(), Error>(());
             }
         })();
@@ -117,12 +146,18 @@ impl RingCtx {
             self.broken = true;
             return Err(e);
         }
-        if !added {
+        if added == 0 {
             return Ok(false);
         }
+        if let Some(p) = ring {
+            return Ok(p.needs_notification(queue, added));
+        }
+        // virtio-queue's own check: call it (it resets its count) but notify regardless, as
+        // the count may be off after a wrap; a spurious interrupt is harmless.
         queue
             .needs_notification(mem.as_ref())
-            .map_err(|e| self.queue_err(e))
+            .map_err(|e| self.queue_err(e))?;
+        Ok(true)
     }
 
     /// After a pop found nothing: whether chains are pending after all (the driver published

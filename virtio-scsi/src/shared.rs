@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use vstor_scsi_disk::{LogicalUnit, Target};
@@ -26,6 +26,8 @@ pub struct ScsiShared {
     sense_size: AtomicU32,
     cdb_size: AtomicU32,
     generation: AtomicU32,
+    /// Bumped whenever a unit is attached or detached (queue handlers cache lookups).
+    topology: AtomicU64,
     /// Features the driver accepted (0 while not live).
     acked: AtomicU32,
     events: Mutex<Events>,
@@ -44,6 +46,7 @@ impl ScsiShared {
             sense_size: AtomicU32::new(SENSE_SIZE),
             cdb_size: AtomicU32::new(CDB_SIZE),
             generation: AtomicU32::new(0),
+            topology: AtomicU64::new(0),
             acked: AtomicU32::new(0),
             events: Mutex::new(Events::new()?),
             an_subscribed: Mutex::new(HashMap::new()),
@@ -87,6 +90,7 @@ impl ScsiShared {
             map.entry(t).or_default().clone()
         };
         tgt.attach(lun, unit).map_err(|e| err(e.to_string()))?;
+        self.topology.fetch_add(1, Ordering::Release);
         let addr = LunAddr {
             target: t,
             lun: lun as u16,
@@ -117,6 +121,7 @@ impl ScsiShared {
             if tgt.is_empty() {
                 map.remove(&t);
             }
+            self.topology.fetch_add(1, Ordering::Release);
             unit
         };
         let addr = LunAddr {
@@ -169,6 +174,11 @@ impl ScsiShared {
             return;
         }
         self.events().push(kind, addr.encode(), reason);
+    }
+
+    /// A number that changes whenever a unit is attached or detached.
+    pub fn topology(&self) -> u64 {
+        self.topology.load(Ordering::Acquire)
     }
 
     /// The target, if any unit is attached to it.

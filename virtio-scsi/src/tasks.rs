@@ -44,8 +44,17 @@ impl Scope {
 /// The device's commands in progress.
 #[derive(Debug, Default)]
 pub struct TaskSet {
-    tasks: Mutex<(u64, Vec<Task>)>,
+    tasks: Mutex<Inner>,
     gone: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next_id: u64,
+    tasks: Vec<Task>,
+    /// Task management functions waiting on `gone` (commands only signal when one waits:
+    /// an unconditional notify is a futex call per command).
+    waiters: usize,
 }
 
 /// A registered command; hand it back to [`TaskSet::finish`] when the command answers.
@@ -54,16 +63,16 @@ pub struct TaskSet {
 pub struct TaskId(u64);
 
 impl TaskSet {
-    fn lock(&self) -> MutexGuard<'_, (u64, Vec<Task>)> {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
         self.tasks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Registers a command.
     pub fn start(&self, addr: LunAddr, tag: u64) -> TaskId {
         let mut g = self.lock();
-        g.0 += 1;
-        let id = g.0;
-        g.1.push(Task {
+        g.next_id += 1;
+        let id = g.next_id;
+        g.tasks.push(Task {
             id,
             addr,
             tag,
@@ -74,24 +83,30 @@ impl TaskSet {
 
     /// Whether the command was aborted (checked before it runs and when it answers).
     pub fn is_aborted(&self, id: &TaskId) -> bool {
-        self.lock().1.iter().any(|t| t.id == id.0 && t.aborted)
+        self.lock().tasks.iter().any(|t| t.id == id.0 && t.aborted)
     }
 
     /// Removes the command; returns whether it was aborted meanwhile.
     pub fn finish(&self, id: TaskId) -> bool {
         let mut g = self.lock();
-        let aborted = match g.1.iter().position(|t| t.id == id.0) {
-            Some(i) => g.1.swap_remove(i).aborted,
+        let aborted = match g.tasks.iter().position(|t| t.id == id.0) {
+            Some(i) => g.tasks.swap_remove(i).aborted,
             None => false,
         };
+        let wake = g.waiters > 0;
         drop(g);
-        self.gone.notify_all();
+        if wake {
+            self.gone.notify_all();
+        }
         aborted
     }
 
     /// Whether a command in `scope` is in progress (QUERY TASK, QUERY TASK SET).
     pub fn any(&self, scope: Scope) -> bool {
-        self.lock().1.iter().any(|t| !t.aborted && scope.matches(t))
+        self.lock()
+            .tasks
+            .iter()
+            .any(|t| !t.aborted && scope.matches(t))
     }
 
     /// Aborts every command in `scope` and waits until they have answered. Returns how many
@@ -99,29 +114,31 @@ impl TaskSet {
     pub fn abort(&self, scope: Scope) -> usize {
         let mut g = self.lock();
         let mut ids = Vec::new();
-        for t in g.1.iter_mut().filter(|t| scope.matches(t)) {
+        for t in g.tasks.iter_mut().filter(|t| scope.matches(t)) {
             t.aborted = true;
             ids.push(t.id);
         }
         let deadline = Instant::now() + ABORT_WAIT;
-        while g.1.iter().any(|t| ids.contains(&t.id)) {
+        while g.tasks.iter().any(|t| ids.contains(&t.id)) {
             let now = Instant::now();
             if now >= deadline {
                 log::warn!("virtio-scsi: aborted commands still running after {ABORT_WAIT:?}");
                 break;
             }
+            g.waiters += 1;
             g = self
                 .gone
                 .wait_timeout(g, deadline - now)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+            g.waiters -= 1;
         }
         ids.len()
     }
 
     /// Commands in progress.
     pub fn len(&self) -> usize {
-        self.lock().1.len()
+        self.lock().tasks.len()
     }
 
     /// Whether none is in progress.

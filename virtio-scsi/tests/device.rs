@@ -393,3 +393,79 @@ fn driver_chosen_sizes_shape_requests() {
     assert_eq!(r.sense.len(), 18, "fits the 20-byte buffer");
     assert_eq!(r.used_len, 12 + 20);
 }
+
+#[test]
+fn data_split_across_descriptors_goes_through_the_bounce_buffers() {
+    use vstor_virtio_scsi::mock::Desc;
+    use vstor_virtio_scsi::protocol::queue;
+    let mut h = harness();
+    let a = addr(0, 0);
+    clear_ua(&mut h, a);
+    let data: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    // WRITE(10) LBA 3, 8 blocks, data-out in two descriptors (bounce), then READ(10) with the
+    // response and data-in in three descriptors (bounce), then in Linux's layout (direct).
+    let hdr = h.header(a.encode(), 1, &[0x2a, 0, 0, 0, 0, 3, 0, 0, 8, 0]);
+    let (hp, d1, d2) = (h.put(&hdr), h.put(&data[..1000]), h.put(&data[1000..]));
+    let resp = h.alloc(108);
+    h.push(
+        queue::FIRST_REQUEST,
+        &[
+            Desc {
+                addr: hp,
+                len: hdr.len() as u32,
+                write: false,
+            },
+            Desc {
+                addr: d1,
+                len: 1000,
+                write: false,
+            },
+            Desc {
+                addr: d2,
+                len: 3096,
+                write: false,
+            },
+            Desc {
+                addr: resp,
+                len: 108,
+                write: true,
+            },
+        ],
+    );
+    h.run(queue::FIRST_REQUEST).unwrap();
+    assert_eq!(h.take_used(queue::FIRST_REQUEST).len(), 1);
+    assert_eq!(h.get(resp, 12)[10..12], [0, 0], "GOOD, OK");
+    let hdr = h.header(a.encode(), 2, &[0x28, 0, 0, 0, 0, 3, 0, 0, 8, 0]);
+    let hp = h.put(&hdr);
+    let (r1, r2) = (h.alloc(100), h.alloc(4096));
+    h.push(
+        queue::FIRST_REQUEST,
+        &[
+            Desc {
+                addr: hp,
+                len: hdr.len() as u32,
+                write: false,
+            },
+            Desc {
+                addr: r1,
+                len: 100,
+                write: true,
+            },
+            Desc {
+                addr: r2,
+                len: 8 + 4096,
+                write: true,
+            },
+        ],
+    );
+    h.run(queue::FIRST_REQUEST).unwrap();
+    let used = h.take_used(queue::FIRST_REQUEST);
+    assert_eq!(used[0].1, 108 + 4096);
+    let mut got = h.get(r1, 100);
+    got.extend(h.get(r2, 8 + 4096));
+    assert_eq!(got[10..12], [0, 0]);
+    assert_eq!(&got[108..], &data[..]);
+    let r = h.command(a, &[0x28, 0, 0, 0, 0, 3, 0, 0, 8, 0], &[], 4096);
+    assert_eq!((r.status, r.resid), (status::GOOD, 0));
+    assert_eq!(r.data, data);
+}
