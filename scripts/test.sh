@@ -79,6 +79,9 @@ benches/scripts/compare-qsd.sh --quick
 step "benchmark smoke run: C ABI cost per request (ns, callgrind instructions)"
 benches/scripts/capi-bench.sh --quick
 
+step "benchmark smoke run: virtio-scsi against virtio-blk in process"
+benches/scripts/scsi-bench.sh --quick
+
 step "benchmark smoke run: qcow2, vstor img bench against qemu-img bench"
 benches/scripts/qcow2-bench.sh --quick
 
