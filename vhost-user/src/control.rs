@@ -29,7 +29,7 @@ const MAX_LINE: usize = 64 * 1024;
 
 /// Binds the control socket at `path` (a stale socket is replaced).
 pub(crate) fn bind(path: &Path) -> Result<UnixListener> {
-    crate::server::prepare_socket_path(path)?;
+    crate::accept::prepare_socket_path(path)?;
     let l = UnixListener::bind(path).map_err(|e| Error::socket(path, e))?;
     l.set_nonblocking(true)
         .map_err(|e| Error::socket(path, e))?;

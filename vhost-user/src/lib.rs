@@ -40,6 +40,7 @@
 #![deny(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod accept;
 pub mod backend;
 pub mod control;
 pub mod error;

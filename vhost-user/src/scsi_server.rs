@@ -3,25 +3,19 @@
 //! removes, resizes, ejects and loads units while a guest runs.
 
 use std::collections::BTreeMap;
-use std::io;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde_json::{json, Value};
-use vhost::vhost_user::Listener;
-use vhost_user_backend::VhostUserDaemon;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vstor_blockdev::open::{open, OpenOptions};
 use vstor_scsi_disk::target::MAX_LUNS;
-use vstor_virtio_core::{GuestMemory, GuestMemoryAtomic};
 use vstor_virtio_scsi::{LunAddr, ScsiOptions, ScsiShared};
 
+use crate::accept::Acceptor;
 use crate::error::{Error, Result};
 use crate::scsi_backend::ScsiBackend;
 use crate::scsi_luns::{LunConfig, UnitType};
-use crate::server::{is_hang_up, prepare_socket_path};
-use crate::shutdown::{spawn_signal_thread, SignalExit, StopHandle, StopState};
+use crate::shutdown::{spawn_signal_thread, SignalExit, StopHandle};
 
 /// Everything needed to serve logical units over vhost-user-scsi.
 #[derive(Debug, Clone)]
@@ -251,18 +245,11 @@ impl Units {
     }
 }
 
-const TOKEN_LISTENER: u64 = 0;
-const TOKEN_STOP: u64 = 1;
-
 /// A vhost-user-scsi server bound to its socket.
 pub struct ScsiServer {
     units: Arc<Units>,
-    socket: PathBuf,
-    listener: Listener,
-    poller: Epoll,
-    stop: Arc<StopState>,
+    acceptor: Acceptor,
     control: Option<std::thread::JoinHandle<()>>,
-    connections: u64,
 }
 
 impl ScsiServer {
@@ -278,31 +265,10 @@ impl ScsiServer {
         for cfg in opts.luns {
             units.add(cfg)?;
         }
-        prepare_socket_path(&opts.socket)?;
-        let listener =
-            Listener::new(&opts.socket, false).map_err(|e| Error::socket(&opts.socket, e))?;
-        let stop = Arc::new(StopState::new().map_err(|e| Error::io("creating stop event", e))?);
-        let poller = Epoll::new().map_err(|e| Error::io("creating epoll", e))?;
-        for (fd, token) in [
-            (listener.as_raw_fd(), TOKEN_LISTENER),
-            (stop.wake_fd(), TOKEN_STOP),
-        ] {
-            poller
-                .ctl(
-                    ControlOperation::Add,
-                    fd,
-                    EpollEvent::new(EventSet::IN, token),
-                )
-                .map_err(|e| Error::io("watching the socket", e))?;
-        }
         let mut server = ScsiServer {
             units,
-            socket: opts.socket,
-            listener,
-            poller,
-            stop,
+            acceptor: Acceptor::bind(&opts.socket)?,
             control: None,
-            connections: 0,
         };
         if let Some(path) = opts.control {
             let l = crate::control::bind(&path)?;
@@ -324,14 +290,12 @@ impl ScsiServer {
 
     /// The socket path.
     pub fn socket_path(&self) -> &Path {
-        &self.socket
+        &self.acceptor.socket
     }
 
     /// A handle that stops [`ScsiServer::run`] from another thread.
     pub fn stop_handle(&self) -> StopHandle {
-        StopHandle {
-            state: self.stop.clone(),
-        }
+        self.acceptor.stop_handle()
     }
 
     /// Turns SIGINT / SIGTERM into a stop (as [`crate::BlkServer::stop_on_signals`]).
@@ -340,80 +304,33 @@ impl ScsiServer {
         spawn_signal_thread(SignalExit {
             stop: self.stop_handle(),
             close: Box::new(move || units.close_all()),
-            socket: self.socket.clone(),
+            socket: self.acceptor.socket.clone(),
         })
     }
 
     /// Serves frontends one after another until stopped, then closes every image and removes
     /// the sockets.
-    pub fn run(mut self) -> Result<()> {
-        let served = self.serve();
-        let closed = self.units.close_all().map_err(Error::Scsi);
-        if let Some(t) = self.control.take() {
+    pub fn run(self) -> Result<()> {
+        let ScsiServer {
+            units,
+            mut acceptor,
+            control,
+        } = self;
+        let served = acceptor.serve(|acceptor| {
+            let backend = Arc::new(ScsiBackend::new(units.shared.clone())?);
+            acceptor.run_connection("scsi", backend.clone(), |handlers| {
+                backend.attach_workers(handlers)
+            })?;
+            backend.stop_all();
+            Ok(())
+        });
+        let closed = units.close_all().map_err(Error::Scsi);
+        if let Some(t) = control {
             let _ = t.join();
         }
-        let ScsiServer { listener, stop, .. } = self;
-        drop(listener);
-        stop.finish();
+        acceptor.finish();
         log::info!("stopped");
         served.and(closed)
-    }
-
-    fn serve(&mut self) -> Result<()> {
-        while self.wait_for_client()? {
-            self.serve_connection()?;
-            if self.stop.requested() {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    fn wait_for_client(&self) -> Result<bool> {
-        let mut events = [EpollEvent::new(EventSet::empty(), 0); 2];
-        loop {
-            if self.stop.requested() {
-                return Ok(false);
-            }
-            let n = match self.poller.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io("waiting for a client", e)),
-            };
-            let ready = &events[..n];
-            if ready.iter().any(|e| e.data() == TOKEN_STOP) {
-                return Ok(false);
-            }
-            if ready.iter().any(|e| e.data() == TOKEN_LISTENER) {
-                return Ok(true);
-            }
-        }
-    }
-
-    fn serve_connection(&mut self) -> Result<()> {
-        self.connections += 1;
-        let id = self.connections;
-        let backend = Arc::new(ScsiBackend::new(self.units.shared.clone())?);
-        let mem = GuestMemoryAtomic::new(GuestMemory::new());
-        let mut daemon = VhostUserDaemon::new(format!("vstor-scsi-{id}"), backend.clone(), mem)
-            .map_err(|e| Error::Daemon(e.to_string()))?;
-        backend.attach_workers(&daemon.get_epoll_handlers())?;
-        daemon
-            .start(&mut self.listener)
-            .map_err(|e| Error::Daemon(e.to_string()))?;
-        log::info!("connection {id}: frontend connected");
-        self.stop.set_connection(daemon.shutdown_handle());
-        let ended = daemon.wait();
-        self.stop.set_connection(None);
-        drop(daemon);
-        backend.stop_all();
-        drop(backend);
-        match ended {
-            Ok(()) => log::info!("connection {id}: closed"),
-            Err(e) if is_hang_up(&e) => log::info!("connection {id}: frontend disconnected"),
-            Err(e) => log::warn!("connection {id}: ended: {e}"),
-        }
-        Ok(())
     }
 }
 

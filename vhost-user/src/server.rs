@@ -1,25 +1,18 @@
 //! [`BlkServer`]: a block device served as vhost-user-blk on a Unix socket, one frontend at a
 //! time, reconnection after reconnection, until stopped.
 
-use std::io;
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::io::AsRawFd;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use vhost::vhost_user::Listener;
-use vhost_user_backend::VhostUserDaemon;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vstor_blockdev::open::{open, OpenOptions};
 use vstor_blockdev::BlockDev;
 use vstor_virtio_blk::{BlkOptions, BlkShared};
-use vstor_virtio_core::{GuestMemory, GuestMemoryAtomic};
 
+use crate::accept::Acceptor;
 use crate::backend::{BlkBackend, MAX_QUEUES};
 use crate::error::{Error, Result};
-use crate::shutdown::{spawn_signal_thread, SignalExit, StopHandle, StopState};
+use crate::shutdown::{spawn_signal_thread, SignalExit, StopHandle};
 
 /// Everything needed to serve one block device over vhost-user-blk.
 #[derive(Debug, Clone)]
@@ -51,10 +44,6 @@ impl ServeBlkOptions {
     }
 }
 
-/// epoll tokens of the accept wait.
-const TOKEN_LISTENER: u64 = 0;
-const TOKEN_STOP: u64 = 1;
-
 /// A vhost-user-blk server bound to its socket.
 ///
 /// [`BlkServer::bind`] opens the device and creates the socket (a frontend may connect as soon
@@ -66,11 +55,7 @@ pub struct BlkServer {
     dev: Arc<dyn BlockDev>,
     blk: BlkOptions,
     poll: Duration,
-    socket: PathBuf,
-    listener: Listener,
-    poller: Epoll,
-    stop: Arc<StopState>,
-    connections: u64,
+    acceptor: Acceptor,
 }
 
 impl BlkServer {
@@ -98,38 +83,19 @@ impl BlkServer {
         // Validates the device options against the device before any client sees them.
         BlkShared::new(dev.clone(), blk.clone())?;
 
-        prepare_socket_path(&socket)?;
-        let listener = Listener::new(&socket, false).map_err(|e| Error::socket(&socket, e))?;
-        let stop = Arc::new(StopState::new().map_err(|e| Error::io("creating stop event", e))?);
-        let poller = Epoll::new().map_err(|e| Error::io("creating epoll", e))?;
-        for (fd, token) in [
-            (listener.as_raw_fd(), TOKEN_LISTENER),
-            (stop.wake_fd(), TOKEN_STOP),
-        ] {
-            poller
-                .ctl(
-                    ControlOperation::Add,
-                    fd,
-                    EpollEvent::new(EventSet::IN, token),
-                )
-                .map_err(|e| Error::io("watching the socket", e))?;
-        }
+        let acceptor = Acceptor::bind(&socket)?;
         log::info!("serving {} on {}", dev.info().description, socket.display());
         Ok(BlkServer {
             dev,
             blk,
             poll: poll.unwrap_or_else(crate::poll_window),
-            socket,
-            listener,
-            poller,
-            stop,
-            connections: 0,
+            acceptor,
         })
     }
 
     /// The socket path.
     pub fn socket_path(&self) -> &Path {
-        &self.socket
+        &self.acceptor.socket
     }
 
     /// The block device being served.
@@ -139,9 +105,7 @@ impl BlkServer {
 
     /// A handle that stops [`BlkServer::run`] from another thread.
     pub fn stop_handle(&self) -> StopHandle {
-        StopHandle {
-            state: self.stop.clone(),
-        }
+        self.acceptor.stop_handle()
     }
 
     /// Turns the first SIGINT or SIGTERM into a stop: `run` cuts the connection, drains the
@@ -153,115 +117,37 @@ impl BlkServer {
         spawn_signal_thread(SignalExit {
             stop: self.stop_handle(),
             close: Box::new(move || dev.close().map_err(|e| e.to_string())),
-            socket: self.socket.clone(),
+            socket: self.acceptor.socket.clone(),
         })
     }
 
     /// Serves frontends one after another until stopped, then flushes the device and removes
     /// the socket. A frontend that disconnects or breaks the protocol only ends its own
     /// connection.
-    pub fn run(mut self) -> Result<()> {
-        let served = self.serve();
+    pub fn run(self) -> Result<()> {
+        let BlkServer {
+            dev,
+            blk,
+            poll,
+            mut acceptor,
+        } = self;
+        let served = acceptor.serve(|acceptor| {
+            let shared = BlkShared::new(dev.clone(), blk.clone())?;
+            let backend = Arc::new(BlkBackend::with_poll(shared, poll)?);
+            acceptor.run_connection("blk", backend.clone(), |handlers| {
+                backend.attach_workers(handlers);
+                Ok(())
+            })?;
+            // Requests still in flight finish into the used ring before the next frontend.
+            backend.stop_all();
+            Ok(())
+        });
         // A clean close: formats write back their metadata and clear their dirty bit.
-        let flushed = self.dev.close().map_err(Error::Flush);
-        let BlkServer { listener, stop, .. } = self;
-        // Dropping the listener removes the socket file.
-        drop(listener);
-        stop.finish();
+        let flushed = dev.close().map_err(Error::Flush);
+        acceptor.finish();
         log::info!("stopped");
         served.and(flushed)
     }
-
-    fn serve(&mut self) -> Result<()> {
-        while self.wait_for_client()? {
-            self.serve_connection()?;
-            if self.stop.requested() {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits until a frontend connects (true) or a stop is requested (false).
-    fn wait_for_client(&self) -> Result<bool> {
-        let mut events = [EpollEvent::new(EventSet::empty(), 0); 2];
-        loop {
-            if self.stop.requested() {
-                return Ok(false);
-            }
-            let n = match self.poller.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io("waiting for a client", e)),
-            };
-            let ready = &events[..n];
-            if ready.iter().any(|e| e.data() == TOKEN_STOP) {
-                return Ok(false);
-            }
-            if ready.iter().any(|e| e.data() == TOKEN_LISTENER) {
-                return Ok(true);
-            }
-        }
-    }
-
-    /// Accepts one frontend and serves it until it disconnects or the server is stopped.
-    fn serve_connection(&mut self) -> Result<()> {
-        self.connections += 1;
-        let id = self.connections;
-        let shared = BlkShared::new(self.dev.clone(), self.blk.clone())?;
-        let backend = Arc::new(BlkBackend::with_poll(shared, self.poll)?);
-        let mem = GuestMemoryAtomic::new(GuestMemory::new());
-        let mut daemon = VhostUserDaemon::new(format!("vstor-blk-{id}"), backend.clone(), mem)
-            .map_err(|e| Error::Daemon(e.to_string()))?;
-        backend.attach_workers(&daemon.get_epoll_handlers());
-        daemon
-            .start(&mut self.listener)
-            .map_err(|e| Error::Daemon(e.to_string()))?;
-        log::info!("connection {id}: frontend connected");
-        self.stop.set_connection(daemon.shutdown_handle());
-        let ended = daemon.wait();
-        self.stop.set_connection(None);
-        // Dropping the daemon stops and joins the worker threads: no event runs after this.
-        drop(daemon);
-        // Requests still in flight finish into the used ring before the next frontend comes.
-        backend.stop_all();
-        drop(backend);
-        match ended {
-            Ok(()) => log::info!("connection {id}: closed"),
-            Err(e) if is_hang_up(&e) => log::info!("connection {id}: frontend disconnected"),
-            Err(e) => log::warn!("connection {id}: ended: {e}"),
-        }
-        Ok(())
-    }
-}
-
-/// Whether a daemon error only says that the frontend went away (as `VhostUserDaemon::serve`
-/// treats it).
-pub(crate) fn is_hang_up(e: &vhost_user_backend::Error) -> bool {
-    use vhost::vhost_user::Error as VuError;
-    matches!(
-        e,
-        vhost_user_backend::Error::HandleRequest(
-            VuError::Disconnected | VuError::PartialMessage | VuError::SocketBroken(_)
-        )
-    )
-}
-
-/// Makes `path` free for a new socket: a stale socket is removed; a socket another server
-/// still answers on, or any other kind of file, is an error.
-pub(crate) fn prepare_socket_path(path: &Path) -> Result<()> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::socket(path, e)),
-    };
-    if !meta.file_type().is_socket() {
-        return Err(Error::socket(path, "exists and is not a socket"));
-    }
-    if UnixStream::connect(path).is_ok() {
-        return Err(Error::socket(path, "another server is listening on it"));
-    }
-    std::fs::remove_file(path).map_err(|e| Error::socket(path, e))
 }
 
 /// Serves `opts.image` on `opts.socket` until SIGINT or SIGTERM, then flushes the device,
