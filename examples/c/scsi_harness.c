@@ -272,7 +272,9 @@ static struct event next_event(struct drv *d) {
 static void expect_event(struct drv *d, uint32_t type, uint8_t target, uint16_t lun,
                          uint32_t reason) {
   struct event e = next_event(d);
-  uint8_t want[8] = {1, target, (uint8_t)(0x40 | (lun >> 8)), (uint8_t)lun, 0, 0, 0, 0};
+  /* Events carry the LUN as REPORT LUNS lists it: peripheral addressing below 256. */
+  uint8_t want[8] = {1, target, (uint8_t)(lun < 256 ? 0 : 0x40 | (lun >> 8)), (uint8_t)lun,
+                     0, 0, 0, 0};
   EXPECT(e.event == type && e.reason == reason && memcmp(e.lun, want, 8) == 0,
          "event %#x reason %#x lun %02x %02x %02x %02x; expected %#x reason %#x target %u lun %u",
          e.event, e.reason, e.lun[0], e.lun[1], e.lun[2], e.lun[3], type, reason, target, lun);
