@@ -69,3 +69,34 @@ ensure_packages() {
 # Packages the harness needs on the host.
 # shellcheck disable=SC2034 # used by the scripts that source this file
 HOST_PACKAGES=(qemu-system-x86 qemu-utils kmod cpio fio sg3-utils util-linux xz-utils zstd)
+
+# Stops process $1 (a child of this shell): SIGTERM, then SIGKILL if it is still there after
+# $2 tenths of a second (default 10). Sets STOPPED_STATUS to its exit status (0 if it was not
+# running). Not for use in a command substitution: `wait` needs the parent shell.
+# shellcheck disable=SC2034 # STOPPED_STATUS is read by the scripts that source this file
+stop_process() {
+	local pid=$1 tenths=${2:-10}
+	STOPPED_STATUS=0
+	[ -n "$pid" ] || return 0
+	if kill -0 "$pid" 2>/dev/null; then
+		kill "$pid" 2>/dev/null || true
+		for _ in $(seq "$tenths"); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -9 "$pid" 2>/dev/null || true
+	fi
+	wait "$pid" 2>/dev/null || STOPPED_STATUS=$?
+}
+
+# Kills the processes given as arguments (for EXIT traps: no status wanted).
+kill_processes() {
+	local pid
+	for pid in "$@"; do
+		if kill -0 "$pid" 2>/dev/null; then
+			kill "$pid" 2>/dev/null || true
+			sleep 1
+			kill -9 "$pid" 2>/dev/null || true
+		fi
+	done
+}

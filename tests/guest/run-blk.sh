@@ -105,14 +105,8 @@ QEMU_PID=
 BACKEND_PID=
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
-	local pid
-	for pid in $QEMU_PID $BACKEND_PID; do
-		if kill -0 "$pid" 2>/dev/null; then
-			kill "$pid" 2>/dev/null || true
-			sleep 1
-			kill -9 "$pid" 2>/dev/null || true
-		fi
-	done
+	# shellcheck disable=SC2086 # empty PIDs must vanish
+	kill_processes $QEMU_PID $BACKEND_PID
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -249,30 +243,15 @@ while kill -0 "$QEMU_PID" 2>/dev/null; do
 	fi
 	sleep 0.2
 done
-if kill -0 "$QEMU_PID" 2>/dev/null; then
-	kill "$QEMU_PID" 2>/dev/null || true
-	sleep 1
-	kill -9 "$QEMU_PID" 2>/dev/null || true
-fi
-qemu_status=0
-wait "$QEMU_PID" 2>/dev/null || qemu_status=$?
+stop_process "$QEMU_PID" 10
+qemu_status=$STOPPED_STATUS
 QEMU_PID=
 elapsed=$((SECONDS - start))
 
 # Stop the backend so everything it wrote is on disk before the host checks.
-backend_status=0
-if [ -n "$BACKEND_PID" ]; then
-	if kill -0 "$BACKEND_PID" 2>/dev/null; then
-		kill "$BACKEND_PID" 2>/dev/null || true
-		for _ in $(seq 100); do
-			kill -0 "$BACKEND_PID" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -9 "$BACKEND_PID" 2>/dev/null || true
-	fi
-	wait "$BACKEND_PID" 2>/dev/null || backend_status=$?
-	BACKEND_PID=
-fi
+stop_process "$BACKEND_PID" 100
+backend_status=$STOPPED_STATUS
+BACKEND_PID=
 
 if [ -z "$verdict" ]; then
 	if grep -aq 'VSTOR-GUEST-RESULT: PASS' "$SERIAL"; then
