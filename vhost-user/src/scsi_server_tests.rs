@@ -78,6 +78,34 @@ fn control_socket_adds_resizes_and_removes_units() {
     assert_eq!(luns.len(), 3);
     assert_eq!(luns[0]["size"].as_u64(), Some(16 << 20));
 
+    // A CD-ROM: eject and load through the socket.
+    let v = request(
+        &mut s,
+        &mut r,
+        r#"{"cmd":"add","target":1,"lun":2,"image":"memory:2M","type":"cd"}"#,
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    let cd = shared.unit(LunAddr { target: 1, lun: 2 }).unwrap();
+    assert_eq!(cd.blocks(), (2 << 20) / 2048);
+    let v = request(&mut s, &mut r, r#"{"cmd":"eject","target":1,"lun":2}"#);
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(cd.medium().is_none());
+    let v = request(
+        &mut s,
+        &mut r,
+        r#"{"cmd":"load","target":1,"lun":2,"image":"memory:4M"}"#,
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(cd.blocks(), (4 << 20) / 2048);
+    let v = request(
+        &mut s,
+        &mut r,
+        r#"{"cmd":"resize","target":1,"lun":2,"size":8388608}"#,
+    );
+    assert_eq!(v["ok"], false, "{v}");
+    let v = request(&mut s, &mut r, r#"{"cmd":"remove","target":1,"lun":2}"#);
+    assert_eq!(v["ok"], true, "{v}");
+
     let v = request(&mut s, &mut r, r#"{"cmd":"remove","target":3,"lun":0}"#);
     assert_eq!(v["ok"], true, "{v}");
     assert!(shared.unit(LunAddr { target: 3, lun: 0 }).is_none());
