@@ -133,6 +133,16 @@ struct Rw {
     len_byte: u16,
 }
 
+impl Rw {
+    /// The first `n` bytes of the data-out buffer, or INVALID FIELD IN CDB at the transfer
+    /// length when the transport's buffer is shorter.
+    fn out<'a>(&self, data_out: &'a [u8], n: usize) -> Result<&'a [u8], Sense> {
+        data_out
+            .get(..n)
+            .ok_or(Sense::INVALID_FIELD_IN_CDB.in_cdb(self.len_byte, None))
+    }
+}
+
 /// Decodes the LBA and length of the 6, 10, 12 and 16 byte forms (READ(6)/WRITE(6): a zero
 /// length means 256 blocks).
 /// The LBA range of a READ/WRITE/VERIFY-class CDB, on a started unit and inside capacity.
@@ -283,10 +293,7 @@ fn write(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sense> {
     if n == 0 {
         return Ok(0);
     }
-    let data = cmd
-        .data_out
-        .get(..n)
-        .ok_or(Sense::INVALID_FIELD_IN_CDB.in_cdb(rw.len_byte, None))?;
+    let data = rw.out(cmd.data_out, n)?;
     write_blocks(lun, data, rw.lba, fua)?;
     Ok(0)
 }
@@ -333,10 +340,7 @@ fn verify(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, Sense> {
     let bs = lun.block_size() as usize;
     if chk == 1 {
         let n = byte_len(lun, rw.blocks, rw.len_byte)?;
-        let data = cmd
-            .data_out
-            .get(..n)
-            .ok_or(Sense::INVALID_FIELD_IN_CDB.in_cdb(rw.len_byte, None))?;
+        let data = rw.out(cmd.data_out, n)?;
         compare_medium(lun, data, rw.lba)?;
     } else {
         let block = cmd
@@ -365,10 +369,7 @@ fn write_and_verify(lun: &LogicalUnit, cmd: &mut Command<'_>) -> Result<usize, S
     if n == 0 {
         return Ok(0);
     }
-    let data = cmd
-        .data_out
-        .get(..n)
-        .ok_or(Sense::INVALID_FIELD_IN_CDB.in_cdb(rw.len_byte, None))?;
+    let data = rw.out(cmd.data_out, n)?;
     write_blocks(lun, data, rw.lba, false)?;
     if chk == 1 {
         compare_medium(lun, data, rw.lba)?;

@@ -1,8 +1,7 @@
 //! The task set: commands between the moment a request queue took them and their response,
 //! so that task management functions from the control queue (possibly another thread) can
-//! query them, abort them (the command then answers VIRTIO_SCSI_S_ABORTED, or never runs if it
-//! has not started) and wait until they are gone, as §5.6.6.2.1 requires before the TMF
-//! completes.
+//! query them, abort them (the command then answers VIRTIO_SCSI_S_ABORTED instead of its
+//! status) and wait until they are gone, as §5.6.6.2.1 requires before the TMF completes.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -81,7 +80,7 @@ impl TaskSet {
         TaskId(id)
     }
 
-    /// Whether the command was aborted (checked before it runs and when it answers).
+    /// Whether the command was aborted so far ([`TaskSet::finish`] says it when it answers).
     pub fn is_aborted(&self, id: &TaskId) -> bool {
         self.lock().tasks.iter().any(|t| t.id == id.0 && t.aborted)
     }
